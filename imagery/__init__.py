@@ -1,0 +1,1 @@
+"""sitewatch runtime: read scenes, tile them, run the detector, georeference, merge, export."""

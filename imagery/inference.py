@@ -1,0 +1,32 @@
+"""Run a detector on normalised tiles; keep one model per worker process."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from imagery.models import RawDetections, decode
+
+_LOCK = threading.Lock()
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, score_threshold: float
+) -> list[RawDetections]:
+    """Detect objects in a ``(N, C, H, W)`` batch of normalised tiles with ``(N, H, W)`` masks.
+
+    Heights and widths need not be multiples of the model's stride: inputs are padded
+    to a multiple of 16 (padding is invalid, so it yields nothing) and boxes stay in the
+    input's pixel coordinates.
+    """
+    n, c, h, w = batch.shape
+    ph, pw = -h % 16, -w % 16
+    if ph or pw:
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)))
+        valid = np.pad(valid, ((0, 0), (0, ph), (0, pw)))
+    x = torch.from_numpy(np.ascontiguousarray(batch))
+    heat, size, offset = model(x)
+    return decode(heat, size, offset, torch.from_numpy(valid), score_threshold)

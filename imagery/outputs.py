@@ -1,0 +1,102 @@
+"""Run directories and atomic output files.
+
+Outputs are first written into a hidden staging directory beside ``--out`` and only
+renamed into place once every file is complete, so a failed or killed run never leaves a
+half-written file that looks finished, and earlier results stay intact until then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imagery.errors import OutputError
+
+#: Files a finished run writes; their presence marks a directory as holding results.
+RESULT_FILES = ("detections.geojson", "run.json", "map.html")
+
+
+def check_out_dir(out: Path, overwrite: bool, own_files: tuple[str, ...] = ()) -> None:
+    """Refuse an output directory that holds results (unless ``overwrite``) or foreign files.
+
+    ``own_files`` names files the caller itself put there (the demo's scene), which
+    are not foreign.
+
+    Raises:
+        OutputError: the directory cannot be used.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
+    if not out.exists():
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.exists():
+            raise OutputError(f"--out {out}: parent directory {parent} does not exist; create it first")
+        return
+    present = [f for f in RESULT_FILES if (out / f).exists()]
+    if present and not overwrite:
+        raise OutputError(
+            f"--out {out}: already holds results ({', '.join(present)}); "
+            "pass --overwrite to replace them or choose another directory"
+        )
+    if not present:
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in own_files]
+        if others:
+            raise OutputError(
+                f"--out {out}: holds files that are not sitewatch results ({', '.join(sorted(others)[:3])}); "
+                "choose an empty or new directory"
+            )
+
+
+class Staging:
+    """A hidden directory next to ``out`` where a run writes before committing its files."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        parent = out.parent if str(out.parent) else Path(".")
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+        except OSError as exc:
+            raise OutputError(f"--out {out}: cannot write in {parent} ({exc.strerror})") from None
+
+    def path(self, name: str) -> Path:
+        """Where to write output ``name`` before commit."""
+        return self.dir / name
+
+    def write_json(self, name: str, doc: Any) -> None:
+        """Write a JSON document to the staging directory."""
+        try:
+            with open(self.path(name), "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, ensure_ascii=False)
+                f.write("\n")
+        except OSError as exc:
+            raise OutputError(f"{self.out / name}: cannot write ({exc.strerror})") from None
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text file to the staging directory."""
+        try:
+            self.path(name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{self.out / name}: cannot write ({exc.strerror})") from None
+
+    def commit(self, names: list[str]) -> None:
+        """Move the staged files into ``out`` (each rename is atomic), then clean up.
+
+        ``run.json`` goes last: its presence means the run's other files are complete.
+        """
+        try:
+            self.out.mkdir(parents=False, exist_ok=True)
+            ordered = [n for n in names if n != "run.json"] + [n for n in names if n == "run.json"]
+            for name in ordered:
+                os.replace(self.path(name), self.out / name)
+        except OSError as exc:
+            raise OutputError(f"--out {self.out}: cannot write results ({exc.strerror})") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the staging directory and anything in it."""
+        shutil.rmtree(self.dir, ignore_errors=True)

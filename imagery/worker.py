@@ -1,0 +1,171 @@
+"""The code that runs inside Dask tasks: per-scene statistics and blocks of tiles.
+
+Kept in an importable module (not ``__main__``) so that each worker process keeps one
+loaded model in :data:`_MODELS` across tasks instead of unpickling one per task.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imagery.checkpoint import LoadedModel, file_sha256, load_checkpoint
+from imagery.errors import CheckpointError, SitewatchError
+from imagery.georef import box_corners, pixel_to_map, to_lonlat
+from imagery.inference import predict
+from imagery.mapview import quicklook_rgb
+from imagery.normalise import Normalisation, apply
+from imagery.scene import Scene, SceneReader
+from imagery.tiling import Tile
+
+#: Longer side of the decimated read used for statistics and the quick-look.
+OVERVIEW_SIDE = 1024
+
+_MODELS: dict[str, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def get_model(path: str, checksum: str) -> LoadedModel:
+    """The model at ``path``, loaded once per process and checked against ``checksum``."""
+    with _LOCK:
+        lm = _MODELS.get(checksum)
+        if lm is None:
+            lm = load_checkpoint(path)
+            if lm.checksum != checksum:
+                raise CheckpointError(f"{path}: changed on disk since the run started; re-run")
+            _MODELS[checksum] = lm
+        return lm
+
+
+@dataclass(frozen=True)
+class SceneStats:
+    """Per-scene facts gathered by one decimated read."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    quicklook: np.ndarray
+    quicklook_scale: float
+    files: dict[str, dict[str, object]]
+    valid_fraction: float
+
+
+def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) -> SceneStats | SitewatchError:
+    """Normalisation statistics, quick-look and file checksums; errors are returned, not raised."""
+    try:
+        with SceneReader(scene) as reader:
+            ov, valid, factor = reader.overview(OVERVIEW_SIDE)
+        lo, hi = norm.scene_stats(ov, valid)
+        ql = quicklook_rgb(apply(ov, lo, hi) * valid, band_names)
+        files = {f: {"bytes": os.path.getsize(f), "sha256": file_sha256(f)} for f in scene.files}
+        return SceneStats(lo, hi, ql, factor, files, float(valid.mean()))
+    except SitewatchError as exc:
+        return exc
+
+
+def empty_detections() -> dict[str, np.ndarray]:
+    """Detection arrays with no rows."""
+    return {
+        "boxes": np.zeros((0, 4)),
+        "scores": np.zeros(0, np.float32),
+        "labels": np.zeros(0, np.int64),
+        "map_boxes": np.zeros((0, 4)),
+        "corners_lonlat": np.zeros((0, 4, 2)),
+        "centre_lonlat": np.zeros((0, 2)),
+    }
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """Detections of one block of tiles (scene pixels and map coordinates) and tile counts."""
+
+    detections: dict[str, np.ndarray]
+    tiles_total: int
+    tiles_skipped: int = 0
+    tiles_failed: int = 0
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+
+def georeference(scene: Scene, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Scene-pixel boxes to map-coordinate boxes and WGS84 corners and centres."""
+    if len(boxes) == 0:
+        return empty_detections()
+    cols, rows = box_corners(boxes)
+    mx, my = pixel_to_map(scene.affine, cols, rows)
+    lon, lat = to_lonlat(scene.crs_wkt, mx.ravel(), my.ravel())
+    ccx, ccy = pixel_to_map(scene.affine, (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2)
+    clon, clat = to_lonlat(scene.crs_wkt, ccx, ccy)
+    return {
+        "boxes": boxes,
+        "scores": scores,
+        "labels": labels,
+        "map_boxes": np.stack([mx.min(1), my.min(1), mx.max(1), my.max(1)], axis=1),
+        "corners_lonlat": np.stack([lon.reshape(-1, 4), lat.reshape(-1, 4)], axis=2),
+        "centre_lonlat": np.stack([clon, clat], axis=1),
+    }
+
+
+def _owned(tile: Tile, boxes: np.ndarray) -> np.ndarray:
+    """Detections whose centre (in scene pixels) lies in the tile's core."""
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    return (
+        (cx >= tile.core_col_start) & (cx < tile.core_col_stop) & (cy >= tile.core_row_start) & (cy < tile.core_row_stop)
+    )
+
+
+def detect_block(
+    scene: Scene,
+    tiles: tuple[Tile, ...],
+    model_path: str,
+    checksum: str,
+    stats: SceneStats | SitewatchError,
+    batch_size: int,
+    score_threshold: float,
+    workers: int,
+) -> BlockResult:
+    """Read, normalise and detect on a block of tiles; per-tile read failures are counted."""
+    if isinstance(stats, SitewatchError):
+        return BlockResult(empty_detections(), len(tiles), tiles_failed=len(tiles))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    lm = get_model(model_path, checksum)
+    skipped = failed = 0
+    errors: list[str] = []
+    kept_boxes, kept_scores, kept_labels = [], [], []
+    pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        batch = np.stack([p[1] for p in pending])
+        valid = np.stack([p[2] for p in pending])
+        for (tile, _, _), det in zip(pending, predict(lm.model, batch, valid, score_threshold), strict=True):
+            b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
+            keep = _owned(tile, b)
+            kept_boxes.append(b[keep])
+            kept_scores.append(det.scores[keep])
+            kept_labels.append(det.labels[keep])
+        pending.clear()
+
+    with SceneReader(scene) as reader:
+        for tile in tiles:
+            try:
+                data, valid = reader.read_tile(tile)
+            except SitewatchError as exc:
+                failed += 1
+                errors.append(str(exc))
+                continue
+            if not valid.any():
+                skipped += 1
+                continue
+            pending.append((tile, apply(data, stats.lo, stats.hi) * valid, valid))
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
+    if kept_boxes:
+        dets = georeference(scene, np.concatenate(kept_boxes), np.concatenate(kept_scores), np.concatenate(kept_labels))
+    else:
+        dets = empty_detections()
+    return BlockResult(dets, len(tiles), skipped, failed, tuple(errors))

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny seeded GeoTIFFs and checkpoints, built in code (no binary fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sen2ships"
+
+MakeGeoTiff = Callable[..., Path]
+
+
+@pytest.fixture
+def make_geotiff(tmp_path: Path) -> MakeGeoTiff:
+    """Factory: ``make_geotiff(width, height, crs, transform, dtype, nodata, bands, ...)`` -> path.
+
+    Pixel values are seeded random noise unless ``data`` is given. ``descriptions`` sets
+    band descriptions; ``crs=None`` writes a raster with no CRS.
+    """
+    counter = iter(range(10_000))
+
+    def make(
+        width: int = 64,
+        height: int = 64,
+        crs: str | None = "EPSG:32633",
+        transform: Affine | None = None,
+        dtype: str = "uint16",
+        nodata: float | None = None,
+        bands: int = 4,
+        *,
+        data: np.ndarray | None = None,
+        descriptions: Sequence[str] | None = None,
+        name: str | None = None,
+        seed: int = 0,
+        tiled: bool = True,
+    ) -> Path:
+        path = tmp_path / (name or f"raster{next(counter)}.tif")
+        if data is None:
+            rng = np.random.default_rng(seed)
+            data = (rng.random((bands, height, width)) * 1000 + 100).astype(dtype)
+        profile = {
+            "driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": dtype,
+            "transform": transform if transform is not None else Affine(10, 0, 500000, 0, -10, 4_800_000),
+        }
+        if crs is not None:
+            profile["crs"] = crs
+        if nodata is not None:
+            profile["nodata"] = nodata
+        if tiled and width >= 16 and height >= 16:
+            profile.update(tiled=True, blockxsize=16 * max(1, min(16, width // 16)), blockysize=16 * max(1, min(16, height // 16)), compress="deflate")
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            if descriptions:
+                for i, d in enumerate(descriptions, start=1):
+                    dst.set_band_description(i, d)
+        return path
+
+    return make
+
+
+def needs_shared() -> pytest.MarkDecorator:
+    """Skip a test where ../shared/data/sen2ships is absent."""
+    return pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/sen2ships is not present")

@@ -1,0 +1,1 @@
+"""sitewatch training: labels to chips to a trained, versioned checkpoint."""
