@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,6 +107,9 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, model: torch.nn.Module) -
     os.close(fd)
     try:
         torch.save({"format": FORMAT, "spec": sd, "state_dict": state, "checksum": checksum}, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -126,20 +130,29 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{p}: refused: the file holds objects other than weights and plain data "
-            f"({str(exc).splitlines()[0][:120]}); only load checkpoints written by sitewatch"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{p}: not a sitewatch checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+        text = str(exc)
+        if "GLOBAL" in text or "global" in text:
+            raise CheckpointError(
+                f"{p}: refused: the file holds pickled objects or code, not just weights; "
+                "only load checkpoints written by sitewatch"
+            ) from None
+        raise CheckpointError(f"{p}: not a sitewatch checkpoint (unreadable pickle data)") from None
+    except Exception as exc:  # junk bytes fail in the unpickler with anything: KeyError, IndexError...
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise CheckpointError(f"{p}: not a sitewatch checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a sitewatch checkpoint (no '{FORMAT}' format marker)")
     try:
         sd, state, checksum = raw["spec"], raw["state_dict"], raw["checksum"]
+        # weights_only admits any plain data: a non-tensor weight or a non-JSON spec value
+        # must be refused here, not escape as AttributeError/TypeError from _digest.
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise TypeError("state_dict must map parameter names to tensors")
         spec = ModelSpec.from_dict(sd)
+        digest = _digest(sd, state)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: checkpoint metadata is incomplete or invalid ({exc})") from None
-    if _digest(sd, state) != checksum:
+    if digest != checksum:
         raise CheckpointError(f"{p}: checksum mismatch: the file is damaged or was edited; get a fresh copy")
     if spec.arch not in ARCHITECTURES:
         raise CheckpointError(f"{p}: unknown architecture {spec.arch!r} (known: {', '.join(ARCHITECTURES)})")

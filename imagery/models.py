@@ -143,7 +143,8 @@ def decode(
     heat = torch.sigmoid(heat_logits)
     peaks = heat == F.max_pool2d(heat, 3, 1, 1)
     vmask = F.max_pool2d((~valid).float().unsqueeze(1), stride, stride) == 0
-    heat = heat * (peaks & vmask[:, :, : heat.shape[2], : heat.shape[3]])
+    # -1, not 0: a score threshold of 0 must not let masked (non-peak, nodata) cells through.
+    heat = torch.where(peaks & vmask[:, :, : heat.shape[2], : heat.shape[3]], heat, -1.0)
     out = []
     n, c, h, w = heat.shape
     for i in range(n):

@@ -90,6 +90,10 @@ class Staging:
         try:
             self.out.mkdir(parents=False, exist_ok=True)
             ordered = [n for n in names if n != "run.json"] + [n for n in names if n == "run.json"]
+            if "run.json" in names:
+                # An earlier run's run.json would vouch for a mix of old and new files if the
+                # renames below stopped part-way (an error, or the process killed).
+                (self.out / "run.json").unlink(missing_ok=True)
             for name in ordered:
                 os.replace(self.path(name), self.out / name)
         except OSError as exc:

@@ -132,7 +132,10 @@ def build_graph(p: Plan) -> list[Any]:
     spec = p.model.spec
     out = []
     for sc, grid in zip(p.scenes, p.grids, strict=True):
-        stats = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, dask_key_name=f"stats-{dask.base.tokenize(sc)}")
+        # The key covers every input of scene_stats: a scheduler shared by two runs must not
+        # hand one model's statistics to another model with a different normalisation.
+        stats_key = f"stats-{dask.base.tokenize(sc, spec.normalisation, spec.bands)}"
+        stats = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, dask_key_name=stats_key)
         blocks = [
             dask.delayed(detect_block, pure=True)(
                 sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers,
@@ -155,7 +158,14 @@ def _run_graph(graph: list[Any], workers: int, scheduler: str | None, on_tiles: 
     if scheduler:
         from distributed import Client, as_completed
 
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError) as exc:  # unreachable (OSError after the timeout) or malformed
+            raise UsageError(
+                f"--scheduler {scheduler}: cannot connect ({str(exc).strip().splitlines()[0][:160]}); "
+                "start a scheduler (dask scheduler) or leave out --scheduler to use local threads"
+            ) from None
+        with client:
             futures = client.compute(graph)
             if on_tiles:
                 flat = [f for f in client.futures_of(futures)]

@@ -152,12 +152,17 @@ def _resolve(
     upper = [n.upper() if n else None for n in names]
     if all(w.upper() in upper for w in wanted):
         return [upper.index(w.upper()) for w in wanted]
-    if len(names) == len(wanted):
+    # Positional only where no band's own name says otherwise: B05 in B08's place is not B08.
+    known = [band_name_in(n) if n else None for n in names]
+    if len(names) == len(wanted) and all(k is None or k == w.upper() for k, w in zip(known, wanted, strict=True)):
         return list(range(len(wanted)))
+    missing = [w for w in wanted if w.upper() not in upper]
     raise BandError(
         path,
         f"has {len(names)} band(s) ({', '.join(str(n) for n in names)}) but the model needs "
-        f"{len(wanted)} ({', '.join(wanted)}); pass --bands to say which to use",
+        f"{len(wanted)} ({', '.join(wanted)})"
+        + (f"; missing: {', '.join(missing)}" if any(known) else "")
+        + "; pass --bands to say which to use",
     )
 
 

@@ -59,7 +59,7 @@ def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) 
         with SceneReader(scene) as reader:
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
-        ql = quicklook_rgb(apply(ov, lo, hi) * valid, band_names)
+        ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
         files = {f: {"bytes": os.path.getsize(f), "sha256": file_sha256(f)} for f in scene.files}
         return SceneStats(lo, hi, ql, factor, files, float(valid.mean()))
     except SitewatchError as exc:

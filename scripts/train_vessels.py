@@ -12,6 +12,7 @@ score thresholds; ``--final`` trains on every port and writes the shipped checkp
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
@@ -22,18 +23,28 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from imagery.checkpoint import ModelSpec, save_checkpoint  # noqa: E402
 from imagery.georef import local_metres, pixel_to_map, to_lonlat  # noqa: E402
+from imagery.matching import Counts, counts_at, match_centres  # noqa: E402
 from imagery.models import build_model  # noqa: E402
 from imagery.normalise import Normalisation  # noqa: E402
 from imagery.scene import open_scene  # noqa: E402
 from training.coco import read_coco  # noqa: E402
 from training.dataset import ChipSampler, LabelledScene  # noqa: E402
-from imagery.matching import Counts, counts_at, match_centres  # noqa: E402
 from training.train import TrainSettings, predict_scene, train_model  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B08")
 ARCH = {"widths": [32, 64, 96, 128], "blocks": [1, 2, 2, 1], "head_width": 32}
 NORM = Normalisation()
+
+
+def make_spec(settings: TrainSettings, version: str, threshold: float = 0.3) -> ModelSpec:
+    return ModelSpec(
+        name="vessels-s2", version=version, arch="centernet", classes=("vessel",), bands=BANDS,
+        normalisation=NORM, arch_params=ARCH, tile_size=256, overlap=32, score_threshold=threshold,
+        pixel_size_m=10.0, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        description="Ships in Sentinel-2 L2A 10 m imagery (B02, B03, B04, B08); trained on sen2ships.",
+    )
 
 
 def load(data: Path) -> list[LabelledScene]:
@@ -72,6 +83,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("imagery/weights/vessels-s2"))
     ap.add_argument("--report", type=Path, default=None, help="write LOPO figures as JSON here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fold-dir", type=Path, default=None, help="save each LOPO fold's model here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     scenes = load(args.data)
@@ -85,10 +97,15 @@ def main() -> None:
             test = [s for s in scenes if s.scene.name == port]
             model = build_model("centernet", len(BANDS), 1, ARCH)
             train_model(model, ChipSampler(train, settings.chip_size), 1, settings)
+            if args.fold_dir:
+                args.fold_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(args.fold_dir / f"without-{port}.pt", make_spec(settings, "lopo"), model)
             m, sc, n = evaluate(model, test[0])
             pooled.append((m, sc, n, port))
             best = max((counts_at(m, sc, n, t).f1, t) for t in np.arange(0.1, 0.9, 0.05))
-            print(f"{port}: n={n} F1@0.3={counts_at(m, sc, n, 0.3).f1:.3f} best F1={best[0]:.3f}@{best[1]:.2f} ({time.time()-t0:.0f}s)", flush=True)
+            c3 = counts_at(m, sc, n, 0.3)
+            print(f"{port}: n={n} @0.3 P={c3.precision:.3f} R={c3.recall:.3f} F1={c3.f1:.3f} "
+                  f"best F1={best[0]:.3f}@{best[1]:.2f} ({time.time()-t0:.0f}s)", flush=True)
         report = {"per_port": {}, "pooled": {}}
         for t in np.arange(0.1, 0.9, 0.05):
             tot = Counts(0, 0, 0)

@@ -6,8 +6,22 @@ The Python API mirrors the command line::
     summary = detect(["scene.tif"], model="vessels-s2", out="runs/port")
 """
 
+from typing import TYPE_CHECKING, Any
+
 from imagery.errors import SitewatchError
-from imagery.pipeline import DetectSettings, RunSummary, detect
+
+if TYPE_CHECKING:
+    from imagery.pipeline import DetectSettings, RunSummary, detect
 
 __all__ = ["DetectSettings", "RunSummary", "SitewatchError", "detect"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing the pipeline pulls in torch (seconds), which `sitewatch --help`,
+    # flag errors and `python -m sitewatch.cli` must not pay for.
+    if name in ("DetectSettings", "RunSummary", "detect"):
+        import imagery.pipeline
+
+        return getattr(imagery.pipeline, name)
+    raise AttributeError(f"module 'sitewatch' has no attribute {name!r}")

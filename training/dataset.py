@@ -44,8 +44,10 @@ class Augment:
     """Augmentations suited to overhead imagery."""
 
     dihedral: bool = True
-    brightness: float = 0.15
-    contrast: float = 0.15
+    # Sentinel-2 exports are stretched per scene: wide gain/bias jitter keeps the model
+    # from learning one scene's stretch.
+    brightness: float = 0.25
+    contrast: float = 0.3
     noise: float = 0.02
 
 
@@ -106,8 +108,10 @@ class ChipSampler:
         if a.dihedral:
             chip, valid, boxes = _dihedral(chip, valid, boxes, int(rng.integers(4)), bool(rng.integers(2)), size)
         if a.brightness or a.contrast:
-            gain = 1 + rng.uniform(-a.contrast, a.contrast, (chip.shape[0], 1, 1))
-            bias = rng.uniform(-a.brightness, a.brightness, (chip.shape[0], 1, 1))
+            # one gain and bias for the chip, varied a little per band (colour balance)
+            nb = (chip.shape[0], 1, 1)
+            gain = (1 + rng.uniform(-a.contrast, a.contrast)) * (1 + rng.uniform(-0.1, 0.1, nb))
+            bias = rng.uniform(-a.brightness, a.brightness) + rng.uniform(-0.05, 0.05, nb)
             chip = (chip * gain + bias).astype(np.float32)
         if a.noise:
             chip += rng.normal(0, a.noise, chip.shape).astype(np.float32)

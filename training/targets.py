@@ -59,4 +59,4 @@ def centernet_loss(
     l_size = (F.l1_loss(size, t["wh"], reduction="none") * m).sum() / nm
     l_off = (F.l1_loss(offset, t["off"], reduction="none") * m).sum() / nm
     total = focal + size_weight * l_size + l_off
-    return total, {"focal": float(focal), "size": float(l_size), "offset": float(l_off)}
+    return total, {"focal": float(focal.detach()), "size": float(l_size.detach()), "offset": float(l_off.detach())}

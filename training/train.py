@@ -67,9 +67,9 @@ def train_model(
         opt.step()
         sched.step()
         if on_step:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
         if step % 100 == 0:
-            log.info("step %d loss %.3f %s %.0fs", step, float(loss), parts, time.monotonic() - start)
+            log.info("step %d loss %.3f %s %.0fs", step, float(loss.detach()), parts, time.monotonic() - start)
     model.eval()
     return model
 

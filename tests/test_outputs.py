@@ -1,0 +1,217 @@
+"""Tests for imagery.outputs: refusing output directories, staging and committing results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imagery.outputs
+from imagery.errors import OutputError
+from imagery.outputs import RESULT_FILES, Staging, check_out_dir
+
+TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
+    import torch
+
+    from imagery.checkpoint import ModelSpec, save_checkpoint
+    from imagery.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("centernet", 4, 2, TINY_PARAMS)
+    spec = ModelSpec(
+        name="tiny",
+        version="0",
+        arch="centernet",
+        classes=("vessel", "kiln"),
+        bands=("B02", "B03", "B04", "B08"),
+        arch_params=TINY_PARAMS,
+        score_threshold=0.5,
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, spec, model)
+    return path
+
+
+def _hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def _old_results(out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    for name in RESULT_FILES:
+        (out / name).write_text(f"results of an earlier run: {name}\n")
+    return _snapshot(out)
+
+
+# --- check_out_dir ----------------------------------------------------------------------
+
+
+def test_new_directory_is_accepted(tmp_path):
+    check_out_dir(tmp_path / "run1", overwrite=False)
+    assert not (tmp_path / "run1").exists()  # checking creates nothing
+
+
+def test_empty_directory_is_accepted(tmp_path):
+    check_out_dir(tmp_path, overwrite=False)
+
+
+def test_missing_parent_is_refused(tmp_path):
+    with pytest.raises(OutputError, match="parent directory") as info:
+        check_out_dir(tmp_path / "no" / "run1", overwrite=False)
+    assert "--out" in str(info.value)
+
+
+def test_a_file_is_refused(tmp_path):
+    target = tmp_path / "run1"
+    target.write_text("x")
+    with pytest.raises(OutputError, match="not a directory"):
+        check_out_dir(target, overwrite=True)
+
+
+@pytest.mark.parametrize("present", RESULT_FILES)
+def test_existing_results_need_overwrite(tmp_path, present):
+    (tmp_path / present).write_text("{}")
+    with pytest.raises(OutputError, match="--overwrite") as info:
+        check_out_dir(tmp_path, overwrite=False)
+    assert present in str(info.value) and OutputError.exit_code == 5
+    check_out_dir(tmp_path, overwrite=True)
+
+
+def test_foreign_files_are_refused_even_with_overwrite(tmp_path):
+    (tmp_path / "holiday.jpg").write_bytes(b"\xff\xd8")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="holiday.jpg"):
+            check_out_dir(tmp_path, overwrite=overwrite)
+
+
+def test_hidden_and_own_files_are_not_foreign(tmp_path):
+    (tmp_path / ".DS_Store").write_text("")
+    (tmp_path / "demo-scene.tif").write_text("")
+    check_out_dir(tmp_path, overwrite=False, own_files=("demo-scene.tif",))
+    with pytest.raises(OutputError):
+        check_out_dir(tmp_path, overwrite=False)
+
+
+# --- Staging ------------------------------------------------------------------------------
+
+
+def test_staging_is_hidden_beside_out_and_commit_moves_files(tmp_path):
+    out = tmp_path / "run1"
+    staging = Staging(out)
+    assert staging.dir.parent == tmp_path and staging.dir.name.startswith(".run1.")
+    staging.write_json("run.json", {"a": 1})
+    staging.write_json("detections.geojson", {"type": "FeatureCollection", "features": []})
+    staging.write_text("map.html", "<html></html>")
+    assert not out.exists()  # nothing is visible before commit
+
+    staging.commit(["detections.geojson", "map.html", "run.json"])
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    assert json.loads((out / "run.json").read_text()) == {"a": 1}
+    assert _hidden(tmp_path) == []
+
+
+def test_commit_puts_run_json_last(tmp_path, monkeypatch):
+    out = tmp_path / "run1"
+    staging = Staging(out)
+    for name in RESULT_FILES:
+        staging.write_text(name, name)
+    moved: list[str] = []
+    real_replace = imagery.outputs.os.replace
+
+    def spy(src, dst):
+        moved.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(imagery.outputs.os, "replace", spy)
+    staging.commit(["run.json", "detections.geojson", "map.html"])  # run.json named first on purpose
+    assert moved[-1] == "run.json"
+    assert sorted(moved) == sorted(RESULT_FILES)
+
+
+def test_failing_write_keeps_earlier_results_and_no_staging(tmp_path):
+    out = tmp_path / "run1"
+    before = _old_results(out)
+    staging = Staging(out)
+    staging.write_json("detections.geojson", {"type": "FeatureCollection", "features": []})
+    staging.path("run.json").mkdir()  # the write of run.json fails with an OSError
+    with pytest.raises(OutputError) as info:
+        staging.write_json("run.json", {})
+    assert str(out / "run.json") in str(info.value)
+    staging.discard()
+    assert _snapshot(out) == before
+    assert _hidden(tmp_path) == []
+
+
+def test_write_failing_mid_document_keeps_earlier_results(tmp_path):
+    out = tmp_path / "run1"
+    before = _old_results(out)
+    staging = Staging(out)
+    with pytest.raises(TypeError):
+        staging.write_json("detections.geojson", {"features": [1, 2, object()]})  # half written
+    staging.discard()
+    assert _snapshot(out) == before and _hidden(tmp_path) == []
+
+
+def test_failing_commit_leaves_no_stale_run_json(tmp_path):
+    # A rename that fails part-way must not leave the old run.json vouching for new files.
+    out = tmp_path / "run1"
+    _old_results(out)
+    (out / "map.html").unlink()
+    (out / "map.html").mkdir()
+    (out / "map.html" / "keep").write_text("")  # replacing a non-empty directory fails
+    staging = Staging(out)
+    for name in RESULT_FILES:
+        staging.write_text(name, f"new {name}")
+    with pytest.raises(OutputError, match="--out"):
+        staging.commit(["detections.geojson", "map.html", "run.json"])
+    assert not (out / "run.json").exists()
+    assert _hidden(tmp_path) == []
+
+
+def test_staging_in_missing_parent_is_an_output_error(tmp_path):
+    with pytest.raises(OutputError, match="cannot write"):
+        Staging(tmp_path / "missing" / "run1")
+
+
+# --- the whole write path -----------------------------------------------------------------
+
+
+def _scene(make_geotiff) -> Path:
+    return make_geotiff(64, 64, bands=4, seed=5)
+
+
+def test_failing_output_write_in_detect_keeps_earlier_results(tmp_path, make_geotiff, tiny_checkpoint, monkeypatch):
+    import imagery.report
+    from imagery.pipeline import DetectSettings, detect
+
+    scene = _scene(make_geotiff)
+    settings = DetectSettings(tile_size=32, overlap=8, score_threshold=0.0, workers=2)
+    out = tmp_path / "run1"
+    detect([scene], tiny_checkpoint, out, settings)
+    before = _snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imagery.report, "render_map_html", broken)
+    with pytest.raises(OSError):
+        detect([scene], tiny_checkpoint, out, settings, overwrite=True)
+
+    assert _snapshot(out) == before
+    assert _hidden(tmp_path) == []
+    doc = json.loads(before["detections.geojson"])
+    run = json.loads(before["run.json"])
+    assert len(doc["features"]) == sum(run["detections"].values()) > 0
+    assert np.isfinite([f["properties"]["score"] for f in doc["features"]]).all()

@@ -1,0 +1,227 @@
+"""Property tests of imagery.tiling: coverage, overlap, edges, core partition, blocks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from imagery.errors import UsageError
+from imagery.tiling import Tile, TileGrid
+
+# Tile-level checks materialise every Tile; past this many they would dominate the run
+# (a stride-1 grid over 3000 x 3000 pixels has 9 million tiles), so those examples are
+# left to the per-axis tests, which cover the full range.
+MAX_TILES = 4000
+
+# Per-example work is small, but the machine is slow and shared: keep the run short.
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+
+
+@st.composite
+def grids(draw: st.DrawFn, max_side: int = 3000) -> TileGrid:
+    """Any valid grid: width/height 1..max_side, size 8..512, overlap 0..size-1."""
+    size = draw(st.integers(8, 512))
+    return TileGrid(
+        width=draw(st.integers(1, max_side)),
+        height=draw(st.integers(1, max_side)),
+        size=size,
+        overlap=draw(st.integers(0, size - 1)),
+    )
+
+
+def _small_enough(grid: TileGrid) -> TileGrid:
+    assume(len(grid) <= MAX_TILES)
+    return grid
+
+
+def _axis_cores(grid: TileGrid, tiles: tuple[Tile, ...]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Core intervals of tile rows and tile columns, checking that they are a product.
+
+    Every tile in tile-row ``r`` must have the same core rows, and every tile in tile-column
+    ``c`` the same core columns; only then is the 2-D partition the product of two 1-D ones.
+    """
+    rows: dict[int, tuple[int, int]] = {}
+    cols: dict[int, tuple[int, int]] = {}
+    for t in tiles:
+        assert rows.setdefault(t.row, (t.core_row_start, t.core_row_stop)) == (t.core_row_start, t.core_row_stop)
+        assert cols.setdefault(t.col, (t.core_col_start, t.core_col_stop)) == (t.core_col_start, t.core_col_stop)
+    n_rows, n_cols = grid.shape
+    assert sorted(rows) == list(range(n_rows))
+    assert sorted(cols) == list(range(n_cols))
+    return [rows[r] for r in range(n_rows)], [cols[c] for c in range(n_cols)]
+
+
+def _check_axis(offsets: tuple[int, ...], length: int, size: int, overlap: int) -> None:
+    """The 1-D facts every axis of a grid must satisfy."""
+    stride = size - overlap
+    assert offsets[0] == 0
+    # Every tile starts inside the raster.
+    assert all(0 <= o < length for o in offsets)
+    # Neighbours start ``stride`` apart, so their windows share exactly ``overlap`` pixels.
+    for a, b in zip(offsets, offsets[1:], strict=False):
+        assert (a + size) - b == overlap
+    # Coverage: the windows are contiguous (overlap >= 0) and the last reaches the edge.
+    assert offsets[-1] + size >= length
+    # Only the last tile may reach past the edge ...
+    assert all(o + size <= length for o in offsets[:-1])
+    # ... and then by less than a stride (else the tile before it already reached the edge),
+    # except for a single tile over a raster no wider than the overlap, which cannot be helped.
+    overhang = offsets[-1] + size - length
+    if len(offsets) > 1 or length > overlap:
+        assert overhang < stride
+
+
+@FAST
+@given(grids())
+@example(TileGrid(3000, 3000, 8, 7))  # stride 1: 2993 tiles per axis
+@example(TileGrid(3000, 1, 512, 0))
+@example(TileGrid(5, 3, 512, 511))  # raster smaller than the overlap
+@example(TileGrid(1, 1, 8, 0))
+@example(TileGrid(2816, 2816, 512, 256))  # last tile ends exactly at the edge
+def test_axes_cover_the_raster_with_exact_overlaps(grid: TileGrid) -> None:
+    _check_axis(grid.col_offsets, grid.width, grid.size, grid.overlap)
+    _check_axis(grid.row_offsets, grid.height, grid.size, grid.overlap)
+    assert grid.stride == grid.size - grid.overlap
+    assert len(grid) == len(grid.col_offsets) * len(grid.row_offsets)
+
+
+@FAST
+@given(grids().map(_small_enough))
+def test_tiles_are_the_product_of_the_axes_row_by_row(grid: TileGrid) -> None:
+    tiles = grid.tiles()
+    assert len(tiles) == len(grid)
+    assert [t.index for t in tiles] == list(range(len(tiles)))
+    expected = [(r, c, ro, co) for r, ro in enumerate(grid.row_offsets) for c, co in enumerate(grid.col_offsets)]
+    assert [(t.row, t.col, t.row_off, t.col_off) for t in tiles] == expected
+    assert all(t.size == grid.size for t in tiles)
+
+
+@FAST
+@given(grids().map(_small_enough))
+def test_neighbouring_tiles_overlap_by_exactly_overlap(grid: TileGrid) -> None:
+    n_rows, n_cols = grid.shape
+    tiles = grid.tiles()
+    at = {(t.row, t.col): t for t in tiles}
+    for t in tiles:
+        right = at.get((t.row, t.col + 1))
+        if right is not None:
+            assert right.row_off == t.row_off
+            assert t.col_off + t.size - right.col_off == grid.overlap
+        below = at.get((t.row + 1, t.col))
+        if below is not None:
+            assert below.col_off == t.col_off
+            assert t.row_off + t.size - below.row_off == grid.overlap
+    assert len(at) == n_rows * n_cols
+
+
+@FAST
+@given(grids().map(_small_enough))
+def test_windows_start_inside_and_only_the_last_row_or_col_extends_past_the_edge(grid: TileGrid) -> None:
+    n_rows, n_cols = grid.shape
+    for t in grid.tiles():
+        assert 0 <= t.col_off < grid.width
+        assert 0 <= t.row_off < grid.height
+        if t.col < n_cols - 1:
+            assert t.col_off + t.size <= grid.width
+        if t.row < n_rows - 1:
+            assert t.row_off + t.size <= grid.height
+        col, row, w, h = t.clipped(grid.width, grid.height)
+        assert (col, row) == (t.col_off, t.row_off)
+        assert 1 <= w <= t.size and 1 <= h <= t.size
+        assert col + w <= grid.width and row + h <= grid.height
+        # Clipping only cuts what lies past the edge.
+        assert w == t.size or col + w == grid.width
+        assert h == t.size or row + h == grid.height
+
+
+@FAST
+@given(grids().map(_small_enough))
+def test_cores_partition_the_raster_by_interval_arithmetic(grid: TileGrid) -> None:
+    tiles = grid.tiles()
+    row_cores, col_cores = _axis_cores(grid, tiles)
+    for cores, length in ((row_cores, grid.height), (col_cores, grid.width)):
+        assert cores[0][0] == 0
+        assert cores[-1][1] == length
+        for (_, stop), (start, _) in zip(cores, cores[1:], strict=False):
+            assert stop == start  # no gap, no overlap
+        assert all(start < stop for start, stop in cores)  # no empty core
+    for t in tiles:
+        # A core lies inside its own window, so the tile that owns a pixel has read it.
+        assert t.row_off <= t.core_row_start and t.core_row_stop <= t.row_off + t.size
+        assert t.col_off <= t.core_col_start and t.core_col_stop <= t.col_off + t.size
+
+
+@FAST
+@given(grids(max_side=160).map(_small_enough))
+@example(TileGrid(160, 1, 8, 7))
+@example(TileGrid(41, 17, 8, 3))
+def test_every_pixel_is_in_a_window_and_in_exactly_one_core(grid: TileGrid) -> None:
+    windows = np.zeros((grid.height, grid.width), dtype=np.int32)
+    cores = np.zeros_like(windows)
+    for t in grid.tiles():
+        windows[t.row_off : t.row_off + t.size, t.col_off : t.col_off + t.size] += 1
+        cores[t.core_row_start : t.core_row_stop, t.core_col_start : t.core_col_stop] += 1
+    assert windows.min() >= 1
+    assert (cores == 1).all()
+
+
+@FAST
+@given(grids(max_side=600).map(_small_enough), st.integers(1, 50))
+def test_blocks_keep_every_tile_in_order(grid: TileGrid, k: int) -> None:
+    blocks = grid.blocks(k)
+    assert len(blocks) == math.ceil(len(grid) / k)
+    assert all(len(b) == k for b in blocks[:-1])
+    assert 1 <= len(blocks[-1]) <= k
+    assert [t for b in blocks for t in b] == list(grid.tiles())
+
+
+def test_known_grid() -> None:
+    """A hand-checked example, so the properties above are anchored to real numbers."""
+    grid = TileGrid(300, 260, 64, 16)
+    assert grid.col_offsets == (0, 48, 96, 144, 192, 240)
+    assert grid.row_offsets == (0, 48, 96, 144, 192, 240)
+    tiles = grid.tiles()
+    first, last = tiles[0], tiles[-1]
+    assert (first.core_col_start, first.core_col_stop, first.core_row_start, first.core_row_stop) == (0, 56, 0, 56)
+    assert (last.core_col_start, last.core_col_stop, last.core_row_start, last.core_row_stop) == (248, 300, 248, 260)
+    assert last.clipped(300, 260) == (240, 240, 60, 20)
+    # Odd overlap: the seam sits at overlap // 2 past the next tile's start.
+    odd = TileGrid(100, 10, 32, 7)
+    assert odd.col_offsets == (0, 25, 50, 75)
+    assert [(t.core_col_start, t.core_col_stop) for t in odd.tiles()] == [(0, 28), (28, 53), (53, 78), (78, 100)]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size", "overlap"),
+    [
+        (100, 100, 64, 64),  # overlap == size
+        (100, 100, 64, 100),  # overlap > size
+        (100, 100, 64, -1),  # negative overlap
+        (0, 100, 64, 16),  # zero width
+        (100, 0, 64, 16),  # zero height
+        (-5, 100, 64, 16),  # negative width
+        (100, 100, 7, 0),  # tile smaller than the minimum
+        (100, 100, 64.0, 16),  # not an integer
+        (100, 100, True, 0),  # bool is not a size
+    ],
+)
+def test_invalid_grids_raise_usage_error(width: int, height: int, size: int, overlap: int) -> None:
+    with pytest.raises(UsageError) as info:
+        TileGrid(width, height, size, overlap)
+    # Catchable as the built-in too, as rasterio's errors are.
+    assert isinstance(info.value, ValueError)
+
+
+def test_blocks_of_fewer_than_one_tile_raise_usage_error() -> None:
+    with pytest.raises(UsageError, match="at least 1"):
+        TileGrid(100, 100, 64, 16).blocks(0)
+
+
+def test_numpy_integers_are_accepted() -> None:
+    # Raster sizes often arrive as numpy integers (rasterio, array shapes).
+    grid = TileGrid(np.int64(100), np.int32(90), 64, 16)
+    assert grid.shape == (2, 2)
