@@ -46,6 +46,10 @@ class ModelSpec:
     overlap: int = 32
     score_threshold: float = 0.3
     pixel_size_m: float = 10.0
+    #: Average the heatmap over flipped inputs at inference (3x compute).
+    tta: bool = False
+    #: Largest box side in pixels the model may report (about 1.5x the largest label).
+    max_box_px: float = 256.0
     created: str = ""
     description: str = ""
 

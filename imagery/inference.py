@@ -14,13 +14,15 @@ _LOCK = threading.Lock()
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, score_threshold: float
+    model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, score_threshold: float, tta: bool = False,
+    max_box: float = 256.0,
 ) -> list[RawDetections]:
     """Detect objects in a ``(N, C, H, W)`` batch of normalised tiles with ``(N, H, W)`` masks.
 
     Heights and widths need not be multiples of the model's stride: inputs are padded
     to a multiple of 16 (padding is invalid, so it yields nothing) and boxes stay in the
-    input's pixel coordinates.
+    input's pixel coordinates. With ``tta`` the centre heatmap is averaged over the
+    input and its horizontal and vertical flips (3x the compute, steadier scores).
     """
     n, c, h, w = batch.shape
     ph, pw = -h % 16, -w % 16
@@ -29,4 +31,9 @@ def predict(
         valid = np.pad(valid, ((0, 0), (0, ph), (0, pw)))
     x = torch.from_numpy(np.ascontiguousarray(batch))
     heat, size, offset = model(x)
-    return decode(heat, size, offset, torch.from_numpy(valid), score_threshold)
+    if tta:
+        prob = torch.sigmoid(heat)
+        for dims in ((3,), (2,)):
+            prob = prob + torch.sigmoid(model(torch.flip(x, dims))[0]).flip(dims)
+        heat = torch.logit(prob / 3, eps=1e-6)
+    return decode(heat, size, offset, torch.from_numpy(valid), score_threshold, max_box=max_box)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from imagery.worker import empty_detections
+
 
 def suppress(parts: Sequence[dict[str, np.ndarray]], iou: float) -> dict[str, np.ndarray]:
     """Concatenate detection arrays and drop lower-scoring same-class boxes overlapping by ``iou``.
@@ -20,8 +22,6 @@ def suppress(parts: Sequence[dict[str, np.ndarray]], iou: float) -> dict[str, np
     Boxes are compared in map coordinates (``map_boxes``); the result is sorted by
     descending score.
     """
-    from imagery.worker import empty_detections
-
     parts = [p for p in parts if len(p["scores"])]
     if not parts:
         return empty_detections()

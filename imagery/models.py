@@ -134,11 +134,13 @@ def decode(
     score_threshold: float,
     max_per_tile: int = 300,
     stride: int = CenterNet.stride,
+    max_box: float = 256.0,
 ) -> list[RawDetections]:
     """Turn head outputs into boxes: local maxima of the heatmap above ``score_threshold``.
 
     ``valid`` is a ``(N, H, W)`` boolean mask at input resolution; peaks on invalid
-    (nodata or padding) pixels are dropped, so nodata never yields detections.
+    (nodata or padding) pixels are dropped, so nodata never yields detections. Box sides
+    are clamped to ``1..max_box`` pixels.
     """
     heat = torch.sigmoid(heat_logits)
     peaks = heat == F.max_pool2d(heat, 3, 1, 1)
@@ -160,7 +162,7 @@ def decode(
         off = offset[i, :, ys.long(), xs.long()]
         cx = (xs + off[0] + 0.5) * stride
         cy = (ys + off[1] + 0.5) * stride
-        wh = torch.exp(size[i, :, ys.long(), xs.long()].clamp(-3, 7))
+        wh = torch.exp(size[i, :, ys.long(), xs.long()]).clamp(1.0, max_box)
         boxes = torch.stack([cx - wh[0] / 2, cy - wh[1] / 2, cx + wh[0] / 2, cy + wh[1] / 2], 1)
         out.append(RawDetections(boxes.numpy().astype(np.float64), scores.numpy().astype(np.float32), cls.numpy().astype(np.int64)))
     return out

@@ -23,7 +23,10 @@ import numpy as np
 
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from imagery.errors import InputError, SitewatchError, UsageError
+from imagery.merge import suppress
+from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
+from imagery.report import write_outputs
 from imagery.scene import Scene, open_scene
 from imagery.tiling import TileGrid
 from imagery.worker import BlockResult, SceneStats, detect_block, scene_stats
@@ -43,6 +46,7 @@ class DetectSettings:
     bands: tuple[str, ...] | None = None
     tiles_per_task: int = 16
     nms_iou: float = 0.4
+    tta: bool | None = None
 
     def resolved(self, spec: ModelSpec) -> DetectSettings:
         """Fill model defaults and validate.
@@ -56,6 +60,7 @@ class DetectSettings:
             overlap=self.overlap if self.overlap is not None else spec.overlap,
             score_threshold=self.score_threshold if self.score_threshold is not None else spec.score_threshold,
             workers=self.workers if self.workers is not None else (os.cpu_count() or 1),
+            tta=self.tta if self.tta is not None else spec.tta,
         )
         assert s.tile_size is not None and s.overlap is not None and s.score_threshold is not None  # noqa: S101
         if s.tile_size < 32 or s.tile_size > 4096:
@@ -84,6 +89,7 @@ class SceneResult:
     tiles_skipped: int = 0
     tiles_failed: int = 0
     errors: list[str] = field(default_factory=list)
+    error: SitewatchError | None = None
 
     @property
     def failed(self) -> bool:
@@ -138,7 +144,7 @@ def build_graph(p: Plan) -> list[Any]:
         stats = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, dask_key_name=stats_key)
         blocks = [
             dask.delayed(detect_block, pure=True)(
-                sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers,
+                sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers, bool(s.tta),
                 dask_key_name=f"detect_block-{dask.base.tokenize(sc, tiles, p.model.checksum, s)}",
             )
             for tiles in grid.blocks(s.tiles_per_task)
@@ -178,14 +184,6 @@ def _run_graph(graph: list[Any], workers: int, scheduler: str | None, on_tiles: 
         return list(dask.compute(*graph, scheduler="threads", num_workers=workers))
 
 
-def merge_scene(res: SceneResult, spec: ModelSpec, nms_iou: float) -> dict[str, np.ndarray]:
-    """Concatenate block detections and suppress duplicates per class in map coordinates."""
-    from imagery.merge import suppress
-
-    parts = [b for b in res.detections.get("_blocks", [])]  # type: ignore[union-attr]
-    return suppress(parts, nms_iou)
-
-
 def detect(
     inputs: Sequence[str | Path],
     model: str | Path,
@@ -218,12 +216,8 @@ def detect(
         SitewatchError: bad input, model or output location (nothing is written), or
             every scene failed (nothing is written).
     """
-    from imagery.report import write_outputs
-
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
-    from imagery.outputs import check_out_dir
-
     check_out_dir(out, overwrite, own_files)
     p = plan(inputs, model, settings or DetectSettings())
     if on_plan:
@@ -234,6 +228,7 @@ def detect(
     for sc, grid, (stats, blocks) in zip(p.scenes, p.grids, computed, strict=True):
         res = SceneResult(scene=sc, tiles_total=len(grid))
         if isinstance(stats, SitewatchError):
+            res.error = stats
             res.errors.append(str(stats))
             res.tiles_failed = len(grid)
         else:
@@ -241,17 +236,15 @@ def detect(
             res.tiles_skipped = sum(b.tiles_skipped for b in blocks)
             res.tiles_failed = sum(b.tiles_failed for b in blocks)
             res.errors.extend(e for b in blocks for e in b.errors)
-            from imagery.merge import suppress
-
             res.detections = suppress([b.detections for b in blocks], p.settings.nms_iou)
         results.append(res)
     if all(r.failed for r in results):
-        first = results[0].errors[0] if results[0].errors else "no tile could be read"
-        if len(results) == 1:
-            raise _as_error(first)
+        first = results[0]
+        if len(results) == 1 and first.error is not None:
+            raise first.error
+        reason = first.errors[0] if first.errors else f"{first.scene.source}: no tile could be read"
         raise InputError(
-            "all scenes",
-            f"every scene failed; the first: {first}",
+            f"{len(results)} scenes", f"every scene failed, nothing was written; the first: {reason}"
         )
     summary = RunSummary(
         out=out,
@@ -262,11 +255,6 @@ def detect(
     )
     write_outputs(summary, overwrite=overwrite)
     return summary
-
-
-def _as_error(message: str) -> SitewatchError:
-    path, _, reason = message.partition(": ")
-    return InputError(path, reason or message)
 
 
 @dataclass

@@ -126,6 +126,7 @@ def detect_block(
     batch_size: int,
     score_threshold: float,
     workers: int,
+    tta: bool = False,
 ) -> BlockResult:
     """Read, normalise and detect on a block of tiles; per-tile read failures are counted."""
     if isinstance(stats, SitewatchError):
@@ -140,7 +141,7 @@ def detect_block(
     def flush() -> None:
         batch = np.stack([p[1] for p in pending])
         valid = np.stack([p[2] for p in pending])
-        for (tile, _, _), det in zip(pending, predict(lm.model, batch, valid, score_threshold), strict=True):
+        for (tile, _, _), det in zip(pending, predict(lm.model, batch, valid, score_threshold, tta, lm.spec.max_box_px), strict=True):
             b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
             keep = _owned(tile, b)
             kept_boxes.append(b[keep])

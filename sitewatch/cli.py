@@ -74,10 +74,11 @@ def cli() -> None:
 @click.option("--tiles-per-task", type=int, default=16, show_default=True, help="Tiles read and detected per Dask task.")
 @click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786); local threads if omitted.")
+@click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, overwrite: bool) -> None:
+           scheduler: str | None, tta: bool | None, overwrite: bool) -> None:
     """Detect objects in scenes and write detections.geojson, run.json and map.html.
 
     \b
@@ -90,7 +91,7 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
 
     settings = DetectSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
-                              tiles_per_task=tiles_per_task)
+                              tiles_per_task=tiles_per_task, tta=tta)
     progress = _Progress(sys.stderr.isatty())
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,
@@ -135,7 +136,10 @@ def models() -> None:
     from imagery.checkpoint import load_checkpoint
     from imagery.registry import shipped_models
 
-    for name, path in shipped_models().items():
+    found = shipped_models()
+    if not found:
+        click.echo("no shipped models are installed; train one (scripts/) or pass a checkpoint path to --model")
+    for name, path in found.items():
         spec = load_checkpoint(path).spec
         click.echo(f"{name}  v{spec.version}  classes={','.join(spec.classes)}  bands={','.join(spec.bands)}  "
                    f"pixel={spec.pixel_size_m:g} m  tile={spec.tile_size}  {path.parent / 'model_card.md'}")

@@ -10,8 +10,6 @@ import pytest
 import rasterio
 from affine import Affine
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sen2ships"
-
 MakeGeoTiff = Callable[..., Path]
 
 
@@ -61,8 +59,3 @@ def make_geotiff(tmp_path: Path) -> MakeGeoTiff:
         return path
 
     return make
-
-
-def needs_shared() -> pytest.MarkDecorator:
-    """Skip a test where ../shared/data/sen2ships is absent."""
-    return pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/sen2ships is not present")

@@ -67,10 +67,13 @@ class ChipSampler:
     """Draws training chips: around labelled objects with probability ``pos_fraction``, else anywhere."""
 
     def __init__(self, scenes: list[LabelledScene], size: int, pos_fraction: float = 0.6,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, hard_fraction: float = 0.25) -> None:
         self.scenes = [s for s in scenes if s.data is not None]
         self.size = size
         self.pos_fraction = pos_fraction
+        self.hard_fraction = hard_fraction
+        #: Hard negatives: ``(scene index, column, row)`` where a model fired on no label.
+        self.hard: list[tuple[int, float, float]] = []
         self.augment = augment or Augment()
         self._objects = [(i, j) for i, s in enumerate(self.scenes) for j in range(len(s.boxes))]
         areas = np.array([s.scene.width * s.scene.height for s in self.scenes], dtype=float)
@@ -79,11 +82,17 @@ class ChipSampler:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One chip: ``(bands, size, size)`` data, valid mask, boxes and labels in chip pixels."""
         size = self.size
-        if self._objects and rng.random() < self.pos_fraction:
+        draw = rng.random()
+        if self._objects and draw < self.pos_fraction:
             si, oj = self._objects[rng.integers(len(self._objects))]
             s = self.scenes[si]
             x0, y0, x1, y1 = s.boxes[oj]
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            col = int(cx - rng.uniform(0.15, 0.85) * size)
+            row = int(cy - rng.uniform(0.15, 0.85) * size)
+        elif self.hard and draw < self.pos_fraction + self.hard_fraction:
+            si, cx, cy = self.hard[rng.integers(len(self.hard))]
+            s = self.scenes[si]
             col = int(cx - rng.uniform(0.15, 0.85) * size)
             row = int(cy - rng.uniform(0.15, 0.85) * size)
         else:

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+#: Gaussian level above which a heatmap cell counts as a positive.
+POSITIVE_LEVEL = 0.5
+
 
 def make_targets(
     boxes: np.ndarray, labels: np.ndarray, num_classes: int, size: int, stride: int
@@ -28,13 +31,19 @@ def make_targets(
         ix, iy = int(math.floor(cx + 0.5)), int(math.floor(cy + 0.5))
         if not (0 <= ix < out and 0 <= iy < out):
             continue
-        sigma = max(0.6, max(w, h) / stride / 6)
+        sigma = max(0.8, max(w, h) / stride / 5)
         g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+        # Dense supervision: every cell near the centre is a positive and regresses the
+        # box size and its offset to the true centre. From scratch on a few hundred
+        # objects this trains far faster than CenterNet's single peak cell.
+        core = g >= POSITIVE_LEVEL
+        core[iy, ix] = True
         heat[c] = np.maximum(heat[c], g)
-        heat[c, iy, ix] = 1.0
-        wh[:, iy, ix] = (math.log(w), math.log(h))
-        off[:, iy, ix] = (cx - ix, cy - iy)
-        mask[iy, ix] = 1.0
+        heat[c][core] = 1.0
+        wh[0][core], wh[1][core] = math.log(w), math.log(h)
+        off[0][core] = cx - xx[core]
+        off[1][core] = cy - yy[core]
+        mask[core] = 1.0
     return {"heat": heat, "wh": wh, "off": off, "mask": mask}
 
 

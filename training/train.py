@@ -29,6 +29,9 @@ class TrainSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 2
+    #: Fractions of training after which the model's false positives on the training
+    #: scenes become hard-negative chips.
+    mine_at: tuple[float, ...] = (0.35, 0.65)
 
 
 def _batch(sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: int, stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -58,7 +61,12 @@ def train_model(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
     model.train()
     start = time.monotonic()
+    mine_steps = {int(f * settings.steps) for f in settings.mine_at}
     for step in range(settings.steps):
+        if step in mine_steps:
+            sampler.hard = mine_hard_negatives(model, sampler.scenes)
+            model.train()
+            log.info("step %d: %d hard negatives", step, len(sampler.hard))
         x, t = _batch(sampler, rng, settings.batch_size, num_classes, stride)
         heat, size, off = model(x)
         loss, parts = centernet_loss(heat, size, off, t)
@@ -72,6 +80,27 @@ def train_model(
             log.info("step %d loss %.3f %s %.0fs", step, float(loss.detach()), parts, time.monotonic() - start)
     model.eval()
     return model
+
+
+def mine_hard_negatives(
+    model: torch.nn.Module, scenes: list[LabelledScene], threshold: float = 0.2, per_scene: int = 150,
+    min_dist_px: float = 12.0,
+) -> list[tuple[int, float, float]]:
+    """Where ``model`` fires (score >= ``threshold``) farther than ``min_dist_px`` from every label."""
+    hard: list[tuple[int, float, float]] = []
+    for si, ls in enumerate(scenes):
+        det = predict_scene(model, ls, threshold)
+        if not len(det.scores):
+            continue
+        c = np.stack([(det.boxes[:, 0] + det.boxes[:, 2]) / 2, (det.boxes[:, 1] + det.boxes[:, 3]) / 2], 1)
+        if len(ls.boxes):
+            g = np.stack([(ls.boxes[:, 0] + ls.boxes[:, 2]) / 2, (ls.boxes[:, 1] + ls.boxes[:, 3]) / 2], 1)
+            far = np.linalg.norm(c[:, None] - g[None], axis=2).min(axis=1) > min_dist_px
+        else:
+            far = np.ones(len(c), bool)
+        order = np.argsort(-det.scores[far])[:per_scene]
+        hard.extend((si, float(x), float(y)) for x, y in c[far][order])
+    return hard
 
 
 def predict_scene(model: torch.nn.Module, ls: LabelledScene, score_threshold: float) -> RawDetections:

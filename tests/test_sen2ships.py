@@ -1,0 +1,50 @@
+"""The shipped ``vessels-s2`` model on real Sentinel-2 band directories (skips without ../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagery.georef import local_metres, pixel_to_map, to_lonlat
+from imagery.matching import match_centres
+from imagery.pipeline import DetectSettings, detect
+from imagery.registry import shipped_models
+from imagery.scene import open_scene
+from training.coco import read_coco
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen2ships"
+pytestmark = [
+    pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/sen2ships is not present"),
+    pytest.mark.skipif("vessels-s2" not in shipped_models(), reason="vessels-s2 not built"),
+]
+
+
+def test_band_directory_is_one_scene_in_model_order() -> None:
+    scene = open_scene(SHARED / "busan", ("B02", "B03", "B04", "B08"))
+    assert [b.name for b in scene.bands] == ["B02", "B03", "B04", "B08"]
+    assert all(f"_{b.name}_" in Path(b.path).name for b in scene.bands)
+    assert (scene.width, scene.height) == (1042, 699)
+    assert "3857" in scene.crs_wkt or "Pseudo-Mercator" in scene.crs_wkt
+
+
+def test_detect_finds_labelled_ships_in_a_port(tmp_path: Path) -> None:
+    """Honolulu (a training port of the shipped model): most labelled ships are found within 30 m."""
+    labels = {im.file_name.split("_")[0]: im for im in read_coco(SHARED / "coco_annotations.json")}
+    boxes = labels["honolulu"].boxes
+    summary = detect([SHARED / "honolulu"], "vessels-s2", tmp_path / "run", DetectSettings(workers=2))
+    res = summary.results[0]
+    d = res.detections
+    cx, cy = pixel_to_map(res.scene.affine, (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2)
+    lon, lat = to_lonlat(res.scene.crs_wkt, cx, cy)
+    ref = (float(lon.mean()), float(lat.mean()))
+    m = match_centres(local_metres(d["centre_lonlat"][:, 0], d["centre_lonlat"][:, 1], *ref), d["scores"],
+                      local_metres(lon, lat, *ref), 30.0)
+    recall = (m >= 0).sum() / len(boxes)
+    assert recall >= 0.7, recall
+    fc = json.loads((tmp_path / "run" / "detections.geojson").read_text())
+    assert len(fc["features"]) == len(d["scores"])
+    assert all(abs(f["properties"]["lon"] + 157.9) < 0.2 and abs(f["properties"]["lat"] - 21.3) < 0.2 for f in fc["features"])
+    assert np.all(d["scores"] >= summary.plan.settings.score_threshold)
