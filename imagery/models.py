@@ -4,7 +4,7 @@
 top-down pyramid back to stride 2, and CenterNet-style heads (a per-class centre
 heatmap, box size, sub-pixel offset). Why this shape:
 
-* ships in 10 m imagery are 3-15 pixels: anchor-based detectors at stride 8+ miss them,
+* ships in 10 m imagery are mostly 5-20 pixels: anchor-based detectors at stride 8+ miss them,
   a centre heatmap at stride 2 does not, and needs no anchor tuning;
 * kilns in sub-metre imagery are 30-80 pixels: the same heads with the stride-16 trunk
   see enough context, and the size head regresses log-size so both scales train alike;

@@ -121,6 +121,13 @@ def _check_grid(path: str, src: rasterio.DatasetReader) -> None:
         )
 
 
+def _describe(names: Sequence[str | None]) -> str:
+    """``B02, B03, ?`` for band names, or ``none named`` when no band has a name."""
+    if not any(names):
+        return "none named"
+    return ", ".join(n or "?" for n in names)
+
+
 def _resolve(
     wanted: Sequence[str], names: Sequence[str | None], bands_flag: Sequence[str] | None, path: str
 ) -> list[int]:
@@ -145,7 +152,7 @@ def _resolve(
                 if item.upper() not in upper:
                     raise UsageError(
                         f"--bands {item}: no band of that name in {path} "
-                        f"(it has {', '.join(str(n) for n in names)})"
+                        f"(it has {_describe(names)})"
                     )
                 picks.append(upper.index(item.upper()))
         return picks
@@ -159,7 +166,7 @@ def _resolve(
     missing = [w for w in wanted if w.upper() not in upper]
     raise BandError(
         path,
-        f"has {len(names)} band(s) ({', '.join(str(n) for n in names)}) but the model needs "
+        f"has {len(names)} band(s) ({_describe(names)}) but the model needs "
         f"{len(wanted)} ({', '.join(wanted)})"
         + (f"; missing: {', '.join(missing)}" if any(known) else "")
         + "; pass --bands to say which to use",

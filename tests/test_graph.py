@@ -149,7 +149,7 @@ def test_building_the_graph_computes_and_reads_nothing(
         batches: list[tuple[int, ...]] = []
 
         def no_objects(
-            model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, threshold: float
+            model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, threshold: float, *_: object
         ) -> list[RawDetections]:
             assert isinstance(model, torch.nn.Module) and not model.training
             batches.append(batch.shape)
