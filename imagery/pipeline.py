@@ -154,34 +154,46 @@ def build_graph(p: Plan) -> list[Any]:
 
 
 def _run_graph(graph: list[Any], workers: int, scheduler: str | None, on_tiles: Callable[[int], None] | None) -> list[Any]:
-    from dask.callbacks import Callback
-
-    class _Progress(Callback):  # type: ignore[misc]
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:  # noqa: A002
-            if on_tiles and isinstance(result, BlockResult):
-                on_tiles(result.tiles_total)
-
+    """Compute ``build_graph``'s output; returns ``(stats, [block results])`` per scene."""
+    flat = [task for stats, blocks in graph for task in (stats, *blocks)]
     if scheduler:
-        from distributed import Client, as_completed
+        results = _compute_distributed(flat, scheduler, on_tiles)
+    else:
+        from dask.callbacks import Callback
 
-        try:
-            client = Client(scheduler)
-        except (OSError, ValueError) as exc:  # unreachable (OSError after the timeout) or malformed
-            raise UsageError(
-                f"--scheduler {scheduler}: cannot connect ({str(exc).strip().splitlines()[0][:160]}); "
-                "start a scheduler (dask scheduler) or leave out --scheduler to use local threads"
-            ) from None
-        with client:
-            futures = client.compute(graph)
-            if on_tiles:
-                flat = [f for f in client.futures_of(futures)]
-                for fut in as_completed(flat):
-                    r = fut.result()
-                    if isinstance(r, BlockResult):
-                        on_tiles(r.tiles_total)
-            return client.gather(futures)  # type: ignore[no-any-return]
-    with _Progress():
-        return list(dask.compute(*graph, scheduler="threads", num_workers=workers))
+        class _Progress(Callback):  # type: ignore[misc]
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:  # noqa: A002
+                if on_tiles and isinstance(result, BlockResult):
+                    on_tiles(result.tiles_total)
+
+        with _Progress():
+            results = list(dask.compute(*flat, scheduler="threads", num_workers=workers))
+    out, i = [], 0
+    for _, blocks in graph:
+        out.append((results[i], results[i + 1 : i + 1 + len(blocks)]))
+        i += 1 + len(blocks)
+    return out
+
+
+def _compute_distributed(flat: list[Any], scheduler: str, on_tiles: Callable[[int], None] | None) -> list[Any]:
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(scheduler)
+    except (OSError, ValueError) as exc:  # unreachable (OSError after the timeout) or malformed
+        raise UsageError(
+            f"--scheduler {scheduler}: cannot connect ({str(exc).strip().splitlines()[0][:160]}); "
+            "start a scheduler (dask scheduler) or leave out --scheduler to use local threads"
+        ) from None
+    with client:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        futures = client.compute(flat)
+        for fut in as_completed(futures):
+            if on_tiles and fut.status == "finished":
+                r = fut.result()
+                if isinstance(r, BlockResult):
+                    on_tiles(r.tiles_total)
+        return list(client.gather(futures))
 
 
 def detect(
