@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagery.georef import pixel_to_map, to_lonlat
 from imagery.mapview import MapLayer, render_map_html
 from imagery.outputs import Staging
 
@@ -120,9 +121,7 @@ def map_layers(summary: RunSummary) -> list[MapLayer]:
             continue
         d = r.detections
         s = r.scene
-        from imagery.georef import pixel_to_map, to_lonlat
-
-        xs, ys = pixel_to_map(s.affine, np.array([0, s.width, s.width, 0.0]), np.array([0, 0, s.height, s.height.__float__()]))
+        xs, ys = pixel_to_map(s.affine, np.array([0.0, s.width, s.width, 0.0]), np.array([0.0, 0.0, s.height, s.height]))
         lon, lat = to_lonlat(s.crs_wkt, xs, ys)
         layers.append(MapLayer(
             scene=s.name,

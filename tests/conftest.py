@@ -59,3 +59,30 @@ def make_geotiff(tmp_path: Path) -> MakeGeoTiff:
         return path
 
     return make
+
+
+TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
+    import torch
+
+    from imagery.checkpoint import ModelSpec, save_checkpoint
+    from imagery.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("centernet", 4, 2, TINY_PARAMS)
+    spec = ModelSpec(
+        name="tiny",
+        version="0",
+        arch="centernet",
+        classes=("vessel", "kiln"),
+        bands=("B02", "B03", "B04", "B08"),
+        arch_params=TINY_PARAMS,
+        score_threshold=0.5,
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, spec, model)
+    return path

@@ -33,37 +33,12 @@ from affine import Affine
 from pyproj import Transformer
 
 SITEWATCH = [sys.executable, "-m", "sitewatch.cli"]
-TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
 CLASSES = ("vessel", "kiln")
 #: Scene grids: UTM 33N near 15 E / 43.35 N, and UTM 19S near -71 E / -23.5 N (signs differ).
 NORTH = ("EPSG:32633", Affine(10, 0, 500_000, 0, -10, 4_800_000))
 SOUTH = ("EPSG:32719", Affine(10, 0, 300_000, 0, -10, 7_400_000))
 # Two workers: torch then runs one thread per task, which stays fast beside other busy processes.
 FAST = ["--tile-size", "32", "--overlap", "8", "--workers", "2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
-    import torch
-
-    from imagery.checkpoint import ModelSpec, save_checkpoint
-    from imagery.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("centernet", 4, 2, TINY_PARAMS)
-    spec = ModelSpec(
-        name="tiny",
-        version="0",
-        arch="centernet",
-        classes=CLASSES,
-        bands=("B02", "B03", "B04", "B08"),
-        arch_params=TINY_PARAMS,
-        score_threshold=0.5,
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, spec, model)
-    return path
 
 
 def _geotiff(

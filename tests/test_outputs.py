@@ -12,32 +12,6 @@ import imagery.outputs
 from imagery.errors import OutputError
 from imagery.outputs import RESULT_FILES, Staging, check_out_dir
 
-TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
-    import torch
-
-    from imagery.checkpoint import ModelSpec, save_checkpoint
-    from imagery.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("centernet", 4, 2, TINY_PARAMS)
-    spec = ModelSpec(
-        name="tiny",
-        version="0",
-        arch="centernet",
-        classes=("vessel", "kiln"),
-        bands=("B02", "B03", "B04", "B08"),
-        arch_params=TINY_PARAMS,
-        score_threshold=0.5,
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, spec, model)
-    return path
-
 
 def _hidden(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
