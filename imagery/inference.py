@@ -1,15 +1,11 @@
-"""Run a detector on normalised tiles; keep one model per worker process."""
+"""Run a detector on a batch of normalised tiles (the model cache lives in imagery.worker)."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import torch
 
 from imagery.models import RawDetections, decode
-
-_LOCK = threading.Lock()
 
 
 @torch.inference_mode()
