@@ -71,3 +71,18 @@ def local_metres(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> 
     x = np.radians(np.asarray(lon) - lon0) * r * np.cos(np.radians(lat0))
     y = np.radians(np.asarray(lat) - lat0) * r
     return np.stack([x, y], axis=-1)
+
+
+def ground_pixel_m(transform: Affine, crs_wkt: str, col: float, row: float) -> float:
+    """Ground size in metres of one pixel side at pixel ``(col, row)``.
+
+    Measured on the ground (great circle), so it is right for projected CRSs in metres,
+    for Web Mercator (whose map metres shrink with latitude) and for geographic CRSs.
+    """
+    cols = np.array([col, col + 1.0, col])
+    rows = np.array([row, row, row + 1.0])
+    x, y = pixel_to_map(transform, cols, rows)
+    lon, lat = to_lonlat(crs_wkt, x, y)
+    dx = ground_distance_m(lon[0], lat[0], lon[1], lat[1])
+    dy = ground_distance_m(lon[0], lat[0], lon[2], lat[2])
+    return float(np.sqrt(dx * dy))

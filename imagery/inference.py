@@ -16,20 +16,23 @@ def predict(
     """Detect objects in a ``(N, C, H, W)`` batch of normalised tiles with ``(N, H, W)`` masks.
 
     Heights and widths need not be multiples of the model's stride: inputs are padded
-    to a multiple of 16 (padding is invalid, so it yields nothing) and boxes stay in the
+    to a multiple of the trunk's downsampling (padding is invalid, so it yields nothing) and boxes stay in the
     input's pixel coordinates. With ``tta`` the centre heatmap is averaged over the
     input and its horizontal and vertical flips (3x the compute, steadier scores).
     """
     n, c, h, w = batch.shape
-    ph, pw = -h % 16, -w % 16
+    multiple = getattr(model, "pad_multiple", 16)
+    stride = getattr(model, "stride", 2)
+    ph, pw = -h % multiple, -w % multiple
     if ph or pw:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)))
         valid = np.pad(valid, ((0, 0), (0, ph), (0, pw)))
-    x = torch.from_numpy(np.ascontiguousarray(batch))
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     heat, size, offset = model(x)
     if tta:
         prob = torch.sigmoid(heat)
         for dims in ((3,), (2,)):
             prob = prob + torch.sigmoid(model(torch.flip(x, dims))[0]).flip(dims)
         heat = torch.logit(prob / 3, eps=1e-6)
-    return decode(heat, size, offset, torch.from_numpy(valid), score_threshold, max_box=max_box)
+    return decode(heat.cpu(), size.cpu(), offset.cpu(), torch.from_numpy(valid), score_threshold, stride=stride, max_box=max_box)

@@ -29,7 +29,7 @@ from imagery.models import build_model  # noqa: E402
 from imagery.normalise import Normalisation  # noqa: E402
 from imagery.scene import open_scene  # noqa: E402
 from training.coco import read_coco  # noqa: E402
-from training.dataset import ChipSampler, LabelledScene  # noqa: E402
+from training.dataset import Augment, ChipSampler, LabelledScene  # noqa: E402
 from training.export import save_model_dir  # noqa: E402
 from training.train import TrainSettings, train_model  # noqa: E402
 
@@ -90,11 +90,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fold-dir", type=Path, default=Path("lopo-folds"), help="where --lopo saves each fold's model")
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--scale", type=float, default=0.35, help="scale jitter (0 = off)")
     ap.add_argument("--threshold", type=float, default=0.3, help="default score threshold written into the model")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     scenes = load(args.data)
     settings = TrainSettings(steps=args.steps, seed=args.seed)
+    augment = Augment(scale=args.scale)
     if args.lopo:
         # One model per held-out port; score them with scripts/evaluate_lopo.py, which runs
         # the real detect path (tiles, seams, merge) on each held-out port.
@@ -104,13 +106,13 @@ def main() -> None:
         for held in folds:
             t0 = time.time()
             model = build_model("centernet", len(BANDS), 1, ARCH)
-            train_model(model, ChipSampler([s for s in scenes if s.scene.name not in held], settings.chip_size), 1, settings)
+            train_model(model, ChipSampler([s for s in scenes if s.scene.name not in held], settings.chip_size, augment=augment), 1, settings)
             save_checkpoint(args.fold_dir / f"without-{'+'.join(held)}.pt", make_spec(settings, "lopo"), model)
             print(f"fold without {'+'.join(held)}: {time.time() - t0:.0f}s", flush=True)
     if args.final:
         t0 = time.time()
         model = build_model("centernet", len(BANDS), 1, ARCH)
-        train_model(model, ChipSampler(scenes, settings.chip_size), 1, settings)
+        train_model(model, ChipSampler(scenes, settings.chip_size, augment=augment), 1, settings)
         minutes = (time.time() - t0) / 60
         spec = make_spec(settings, args.version, args.threshold)
         card = CARD.format(steps=settings.steps, minutes=minutes, seed=settings.seed, arch=ARCH, created=spec.created,

@@ -130,19 +130,207 @@ def demo(out: Path, seed: int, workers: int | None, overwrite: bool) -> None:
     click.echo(f"{out}: open {out / 'map.html'} in a browser")
 
 
-@cli.command()
-def models() -> None:
-    """List the shipped models with their classes, bands, resolution and version."""
-    from imagery.checkpoint import load_checkpoint
-    from imagery.registry import shipped_models
+class _TrainProgress:
+    """tqdm bars for reading chips and for training steps (loss, validation F1) on a terminal."""
 
-    found = shipped_models()
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.info: dict[str, str] = {}
+
+    def stage(self, text: str, total: int | None = None) -> None:
+        self.close()
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=text, unit="step" if total else "chip", file=sys.stderr)
+        else:
+            click.echo(f"sitewatch: {text}", err=True)
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self.bar is not None:
+            for k, v in info.items():
+                self.info[k] = f"{v:.3f}"
+            if info:
+                self.bar.set_postfix(self.info, refresh=False)
+            self.bar.update(n)
+
+    def warn(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"sitewatch: {text}", file=sys.stderr)
+        else:
+            click.echo(f"sitewatch: {text}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r}: write COCO_FILE_NAME=SCENE_PATH", param_hint="--coco-image")
+        out.append((name, path))
+    return tuple(out)
+
+
+@cli.command()
+@click.option("--config", "-c", "config", required=True, type=click.Path(path_type=Path),
+              help="Training config (YAML), e.g. configs/kilns-highres.yaml.")
+@click.option("--images", "-i", multiple=True, required=True,
+              help="Scenes: files, directories or quoted globs (repeat the flag or list several).")
+@click.option("--labels", "-l", multiple=True, required=True, help="Label files: GeoJSON, COCO JSON or a sitewatch review export.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. --set train.epochs=5.")
+@click.option("--epochs", type=int, default=None, help="Same as --set train.epochs=N.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Same as --set train.device=...")
+@click.option("--name", default=None, help="Model name (same as --set model.name=...).")
+@click.option("--labels-crs", default=None, help="CRS of label coordinates when the file declares none (EPSG:32643).")
+@click.option("--skip-bad-labels", is_flag=True, help="Train without labels that cannot be used (they are still listed).")
+@click.option("--coco-image", multiple=True, metavar="NAME=SCENE", help="Bind a COCO image file name to a scene path.")
+@click.option("--bands", default=None, help="Bands to use, in the config's order: names or 1-based indexes.")
+@click.option("--workers", type=int, default=None, help="Threads that read chips [default: one per CPU core].")
+@click.option("--resume", is_flag=True, help="Continue the unfinished training run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+def train(config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: Path, sets: tuple[str, ...],
+          epochs: int | None, device: str | None, name: str | None, labels_crs: str | None, skip_bad_labels: bool,
+          coco_image: tuple[str, ...], bands: str | None, workers: int | None, resume: bool, overwrite: bool) -> None:
+    """Train a detector on your scenes and labels; writes a model directory for --model.
+
+    \b
+    sitewatch train --config configs/kilns-highres.yaml --images 'tiles/*.tif' \\
+        --labels kilns.geojson --out models/my-kilns
+    sitewatch detect NEW.tif --model models/my-kilns --out run1
+    """
+    from training.config import load_config, parse_override
+    from training.run import run_training
+
+    overrides = [parse_override(s) for s in sets]
+    if epochs is not None:
+        overrides.append((["train", "epochs"], epochs))
+    if device is not None:
+        overrides.append((["train", "device"], device))
+    if name is not None:
+        overrides.append((["model", "name"], name))
+    if labels_crs is not None:
+        overrides.append((["labels", "crs"], labels_crs))
+    if skip_bad_labels:
+        overrides.append((["labels", "skip_problems"], True))
+    cfg = load_config(config, overrides)
+    progress = _TrainProgress(sys.stderr.isatty())
+    command = "sitewatch " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "sitewatch train"
+    try:
+        res = run_training(cfg, list(images), list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
+                           resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command)
+    finally:
+        progress.close()
+    v = res.validation
+    score = (f"validation precision {v['precision']:.2f} recall {v['recall']:.2f} F1 {v['f1']:.2f} at {v['threshold']:.2f}"
+             if v else "no validation split")
+    click.echo(f"{out}: {res.epochs} epochs in {res.minutes:.1f} min (best epoch {res.best_epoch}); {score}")
+    click.echo(f"use it: sitewatch detect SCENE... --model {out} --out RUN")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, type=click.Path(path_type=Path))
+def models(dirs: tuple[Path, ...]) -> None:
+    """List shipped and local models: classes, bands, resolution and metrics.
+
+    DIRS are model directories (as `sitewatch train` writes them) or directories holding
+    them; `./models` is searched when it exists.
+    """
+    from imagery.registry import local_models, model_summary, shipped_models
+
+    search = list(dirs) or ([Path("models")] if Path("models").is_dir() else [])
+    found = [("shipped", name, path) for name, path in shipped_models().items()]
+    found += [("local", str(path.parent), path) for path in local_models(search)]
     if not found:
-        click.echo("no shipped models are installed; train one (scripts/) or pass a checkpoint path to --model")
-    for name, path in found.items():
-        spec = load_checkpoint(path).spec
-        click.echo(f"{name}  v{spec.version}  classes={','.join(spec.classes)}  bands={','.join(spec.bands)}  "
-                   f"pixel={spec.pixel_size_m:g} m  tile={spec.tile_size}  {path.parent / 'model_card.md'}")
+        click.echo("no models found; train one with `sitewatch train` or pass model directories")
+    for kind, name, path in found:
+        s = model_summary(path)
+        click.echo(f"{name}  [{kind}] v{s['version']}  classes={','.join(s['classes'])}  bands={','.join(s['bands'])}  "
+                   f"pixel={s['pixel_size_m']:g} m  threshold={s['score_threshold']:g}  {s['metrics']}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--model", "-m", required=True, help="Shipped model name (see `sitewatch models`) or a checkpoint path.")
+@click.option("--labels", "-l", "labels", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Label file (GeoJSON, COCO JSON or a review export); repeat for several.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Directory for metrics.json, pr_curve.png, the FP/FN files and detections/.")
+@click.option("--iou", type=float, default=0.3, show_default=True, help="Smallest box IoU of a match (iou criterion).")
+@click.option("--distance-m", type=float, default=30.0, show_default=True,
+              help="Largest centre distance in metres of a match (distance criterion).")
+@click.option("--primary", type=click.Choice(["iou", "distance"]), default="iou", show_default=True,
+              help="Criterion of the false-positive/false-negative files and the headline.")
+@click.option("--score-threshold", type=float, default=None,
+              help="Operating score threshold of the counts [default: the model's].")
+@click.option("--class-property", default="class", show_default=True, help="Label property that holds the class name.")
+@click.option("--point-box-m", type=float, default=50.0, show_default=True, help="Box side in metres for Point labels.")
+@click.option("--labels-crs", default=None, help="CRS of label coordinates (EPSG:32643) [default: lon/lat, RFC 7946].")
+@click.option("--skip-bad-labels", is_flag=True, help="Go on without unusable labels (listed in metrics.json).")
+@click.option("--coco-image", multiple=True, metavar="NAME=SCENE", help="Bind a COCO image file name to a scene path.")
+@click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
+@click.option("--workers", type=int, default=None, help="Parallel workers [default: one per CPU core].")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
+def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out: Path, iou: float, distance_m: float,
+             primary: str, score_threshold: float | None, class_property: str, point_box_m: float,
+             labels_crs: str | None, skip_bad_labels: bool, coco_image: tuple[str, ...], bands: str | None,
+             workers: int | None, overwrite: bool) -> None:
+    """Detect on labelled scenes and score the detections: precision, recall, F1 and AP per class.
+
+    \b
+    Detections match labels of their class one-to-one, best score first, by box IoU
+    (--iou) and, separately, by centre distance in metres (--distance-m). Writes
+    metrics.json, pr_curve.png, false_positives.geojson and false_negatives.geojson
+    (under the --primary criterion) and the detection run in OUT/detections.
+    """
+    from imagery.pipeline import DetectSettings
+    from training.evaluate import CRITERIA, DETECTIONS_DIR, EVAL_FILES, EvalSettings, Metrics, run_evaluation
+
+    settings = EvalSettings(iou=iou, distance_m=distance_m, primary=primary, score_threshold=score_threshold)
+    progress = _Progress(sys.stderr.isatty())
+    try:
+        report = run_evaluation(list(inputs), model, list(labels), out, settings, class_property=class_property,
+                                point_box_m=point_box_m, labels_crs=labels_crs, skip_bad_labels=skip_bad_labels,
+                                coco_bind=_bind(coco_image), detect_settings=DetectSettings(workers=workers, bands=_bands(bands)),
+                                overwrite=overwrite, on_tiles=progress.tiles, on_plan=progress.plan)
+    finally:
+        progress.close()
+
+    def cells(m: Metrics) -> str:
+        ap = "    -" if m.ap is None else f"{m.ap:5.3f}"
+        return f"{m.counts.precision:5.3f} {m.counts.recall:5.3f} {m.counts.f1:5.3f} {ap}"
+
+    rows = [("(all)", cls, report.per_class[cls]) for cls in report.classes] + [("(all)", "(all)", report.totals)]
+    for s in report.per_scene:
+        rows += [(s.scene, cls, s.per_class[cls]) for cls in report.classes] + [(s.scene, "(all)", s.totals)]
+    ws, wc = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    click.echo(f"score threshold {report.threshold:g} (AP ranks detections scoring at least "
+               f"{report.meta['detections']['score_threshold']:g}); tp/fp/fn and files: {settings.describe(primary)}")
+    click.echo(f"{'':{ws}}  {'':{wc}}  {'':24}  " + "  ".join(f"{settings.describe(c):23}" for c in CRITERIA))
+    click.echo(f"{'scene':{ws}}  {'class':{wc}}  {'labels':>6} {'tp':>5} {'fp':>5} {'fn':>5}  "
+               + "  ".join(f"{'P     R     F1    AP':23}" for _ in CRITERIA))
+    for scene, cls, by_crit in rows:
+        c = by_crit[primary].counts
+        click.echo(f"{scene:{ws}}  {cls:{wc}}  {by_crit[primary].labels:6d} {c.tp:5d} {c.fp:5d} {c.fn:5d}  "
+                   + "  ".join(f"{cells(by_crit[crit]):23}" for crit in CRITERIA))
+    problems = report.meta["labels"]["problems"]
+    if problems:
+        click.echo(f"sitewatch: warning: left out {len(problems)} unusable label(s); see {out / 'metrics.json'}", err=True)
+    for name in EVAL_FILES:
+        click.echo(f"wrote {out / name}")
+    click.echo(f"detections in {out / DETECTIONS_DIR}")
+    failed = report.meta["failed_scenes"]
+    for f in failed:
+        click.echo(f"sitewatch: error: scene failed and was left out: {f['errors'][0] if f['errors'] else f['scene']}",
+                   err=True)
+    if failed:
+        sys.exit(EXIT_PARTIAL)
 
 
 def main(argv: list[str] | None = None) -> None:

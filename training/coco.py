@@ -20,6 +20,10 @@ class CocoImage:
     height: int
     boxes: np.ndarray
     classes: tuple[str, ...]
+    #: The image's ``id`` in the file.
+    image_id: object = None
+    #: Each box's annotation ``id`` (its 1-based position in ``annotations`` when it has none).
+    annotation_ids: tuple[object, ...] = ()
 
 
 def read_coco(path: str | Path) -> list[CocoImage]:
@@ -28,15 +32,24 @@ def read_coco(path: str | Path) -> list[CocoImage]:
         doc = json.loads(Path(path).read_text())
         cats = {c["id"]: c["name"] for c in doc["categories"]}
         images = {im["id"]: im for im in doc["images"]}
-        per: dict[int, list[tuple[list[float], str]]] = {i: [] for i in images}
-        for ann in doc["annotations"]:
+        per: dict[int, list[tuple[list[float], str, object]]] = {i: [] for i in images}
+        for position, ann in enumerate(doc["annotations"], start=1):
             x, y, w, h = (float(v) for v in ann["bbox"])
-            per[ann["image_id"]].append(([x, y, x + w, y + h], cats[ann["category_id"]]))
+            per[ann["image_id"]].append(([x, y, x + w, y + h], cats[ann["category_id"]], ann.get("id", position)))
+        out = []
+        for iid, im in images.items():
+            anns = per[iid]
+            out.append(
+                CocoImage(
+                    str(im["file_name"]),
+                    int(im["width"]),
+                    int(im["height"]),
+                    np.array([a[0] for a in anns], dtype=float).reshape(-1, 4),
+                    tuple(a[1] for a in anns),
+                    image_id=iid,
+                    annotation_ids=tuple(a[2] for a in anns),
+                )
+            )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(path, f"not a COCO detection file ({type(exc).__name__}: {exc})") from None
-    out = []
-    for iid, im in images.items():
-        anns = per[iid]
-        boxes = np.array([a[0] for a in anns], dtype=float).reshape(-1, 4)
-        out.append(CocoImage(im["file_name"], int(im["width"]), int(im["height"]), boxes, tuple(a[1] for a in anns)))
     return out

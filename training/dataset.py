@@ -1,42 +1,19 @@
-"""Labelled scenes held in memory as normalised arrays, and a random chip sampler.
+"""Augmented training chips drawn from windows read by :mod:`training.chips`.
 
-Training scenes are read once through the same :class:`~imagery.scene.SceneReader` and
+Windows are read through the same :class:`~imagery.scene.SceneReader` and
 :class:`~imagery.normalise.Normalisation` the detector uses, so a model sees at training
 time exactly the inputs it will see in ``sitewatch detect``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
 
-from imagery.normalise import Normalisation, apply
-from imagery.scene import Scene, SceneReader
-
-#: Decimated side used for per-scene statistics, the same as detection uses.
-STATS_SIDE = 1024
-
-
-@dataclass
-class LabelledScene:
-    """A scene and its labelled boxes in the scene's pixel coordinates."""
-
-    scene: Scene
-    boxes: np.ndarray  # (n, 4) x0, y0, x1, y1
-    labels: np.ndarray  # (n,) class index
-    data: np.ndarray | None = field(default=None, repr=False)
-    valid: np.ndarray | None = field(default=None, repr=False)
-
-    def load(self, norm: Normalisation) -> LabelledScene:
-        """Read and normalise the whole scene into memory (training scenes are chip-sized)."""
-        with SceneReader(self.scene) as reader:
-            ov, ov_valid, _ = reader.overview(STATS_SIDE)
-            lo, hi = norm.scene_stats(ov, ov_valid)
-            raw, valid = reader.read(0, 0, self.scene.width, self.scene.height)
-        self.data = apply(raw, lo, hi)
-        self.valid = valid
-        return self
+from training.chips import Chip
 
 
 @dataclass(frozen=True)
@@ -49,6 +26,10 @@ class Augment:
     brightness: float = 0.25
     contrast: float = 0.3
     noise: float = 0.02
+    #: Scale jitter: chips are resampled by a factor drawn log-uniformly from
+    #: ``[1 / (1 + scale), 1 + scale]``. Sentinel-2 exports in Web Mercator have 10 m
+    #: map pixels that are 6 m to 10 m on the ground depending on latitude.
+    scale: float = 0.0
 
 
 def _dihedral(chip: np.ndarray, valid: np.ndarray, boxes: np.ndarray, k: int, flip: bool, size: int):  # type: ignore[no-untyped-def]
@@ -63,57 +44,82 @@ def _dihedral(chip: np.ndarray, valid: np.ndarray, boxes: np.ndarray, k: int, fl
     return np.ascontiguousarray(chip), np.ascontiguousarray(valid), b
 
 
-class ChipSampler:
-    """Draws training chips: around labelled objects with probability ``pos_fraction``, else anywhere."""
+def _resample(chip: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a ``(bands, n, n)`` chip (bilinear, antialiased) and its mask (nearest) to ``size``."""
+    t = torch.from_numpy(chip)[None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    v = F.interpolate(torch.from_numpy(valid)[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+    return out.numpy(), v.numpy() > 0.5
 
-    def __init__(self, scenes: list[LabelledScene], size: int, pos_fraction: float = 0.6,
+
+class ChipSampler:
+    """Draws augmented training chips of ``size`` pixels from windows read by :mod:`training.chips`.
+
+    With probability ``pos_fraction`` a chip is centred near a labelled object, with
+    ``hard_fraction`` near a hard negative (a rejected candidate, or the model's own false
+    positive once mined), else anywhere in a window.
+    """
+
+    def __init__(self, chips: list[Chip], size: int, pos_fraction: float = 0.6,
                  augment: Augment | None = None, hard_fraction: float = 0.25) -> None:
-        self.scenes = [s for s in scenes if s.data is not None]
+        if not chips:
+            raise ValueError("no training windows")
+        self.chips = chips
         self.size = size
         self.pos_fraction = pos_fraction
         self.hard_fraction = hard_fraction
-        #: Hard negatives: ``(scene index, column, row)`` where a model fired on no label.
-        self.hard: list[tuple[int, float, float]] = []
         self.augment = augment or Augment()
-        self._objects = [(i, j) for i, s in enumerate(self.scenes) for j in range(len(s.boxes))]
-        areas = np.array([s.scene.width * s.scene.height for s in self.scenes], dtype=float)
-        self._scene_p = areas / areas.sum()
+        self._objects = [(i, j) for i, c in enumerate(chips) if c.window.kind == "object" for j in range(len(c.anchors))]
+        given = [(i, float(x), float(y)) for i, c in enumerate(chips) if c.window.kind == "hard" for x, y in c.anchors]
+        #: Known non-objects (rejected reviews); mining adds the model's false positives.
+        self.given_hard: list[tuple[int, float, float]] = given
+        #: Hard negatives: ``(chip index, column, row)`` in window pixels.
+        self.hard: list[tuple[int, float, float]] = list(given)
+
+    def set_mined(self, mined: list[tuple[int, float, float]]) -> None:
+        """Replace the mined hard negatives (the given ones stay)."""
+        self.hard = self.given_hard + mined
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One chip: ``(bands, size, size)`` data, valid mask, boxes and labels in chip pixels."""
         size = self.size
+        a = self.augment
+        # the square read from the window; resampled to ``size`` when scale jitter is on
+        src = size
+        if a.scale:
+            factor = float(np.exp(rng.uniform(-np.log1p(a.scale), np.log1p(a.scale))))
+            src = max(8, int(round(size / factor)))
         draw = rng.random()
         if self._objects and draw < self.pos_fraction:
-            si, oj = self._objects[rng.integers(len(self._objects))]
-            s = self.scenes[si]
-            x0, y0, x1, y1 = s.boxes[oj]
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            col = int(cx - rng.uniform(0.15, 0.85) * size)
-            row = int(cy - rng.uniform(0.15, 0.85) * size)
+            ci, oj = self._objects[rng.integers(len(self._objects))]
+            c = self.chips[ci]
+            cx, cy = c.anchors[oj]
         elif self.hard and draw < self.pos_fraction + self.hard_fraction:
-            si, cx, cy = self.hard[rng.integers(len(self.hard))]
-            s = self.scenes[si]
-            col = int(cx - rng.uniform(0.15, 0.85) * size)
-            row = int(cy - rng.uniform(0.15, 0.85) * size)
+            ci, cx, cy = self.hard[rng.integers(len(self.hard))]
+            c = self.chips[ci]
         else:
-            si = int(rng.choice(len(self.scenes), p=self._scene_p))
-            s = self.scenes[si]
-            col = int(rng.integers(-size // 4, max(s.scene.width - 3 * size // 4, 1)))
-            row = int(rng.integers(-size // 4, max(s.scene.height - 3 * size // 4, 1)))
-        assert s.data is not None and s.valid is not None  # noqa: S101 - filtered in __init__
-        chip = np.zeros((s.data.shape[0], size, size), np.float32)
-        valid = np.zeros((size, size), bool)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + size, s.scene.height), min(col + size, s.scene.width)
-        if r1 > r0 and c1 > c0:
-            chip[:, r0 - row : r1 - row, c0 - col : c1 - col] = s.data[:, r0:r1, c0:c1]
-            valid[r0 - row : r1 - row, c0 - col : c1 - col] = s.valid[r0:r1, c0:c1]
-        boxes = s.boxes - np.array([col, row, col, row], dtype=float)
+            ci = int(rng.integers(len(self.chips)))
+            c = self.chips[ci]
+            cx = cy = None
+        w = c.window.size
+        src = min(src, w)
+        if cx is None or cy is None:
+            col = int(rng.integers(0, w - src + 1))
+            row = int(rng.integers(0, w - src + 1))
+        else:
+            col = int(np.clip(cx - rng.uniform(0.15, 0.85) * src, 0, w - src))
+            row = int(np.clip(cy - rng.uniform(0.15, 0.85) * src, 0, w - src))
+        chip = c.data[:, row : row + src, col : col + src].copy()
+        valid = c.valid[row : row + src, col : col + src].copy()
+        boxes = c.boxes - np.array([col, row, col, row], dtype=float)
+        labels = c.labels
+        if src != size:
+            chip, valid = _resample(chip, valid, size)
+            boxes = boxes * (size / src)
         cxs, cys = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         inside = (cxs >= 0) & (cxs < size) & (cys >= 0) & (cys < size)
-        boxes, labels = boxes[inside], s.labels[inside]
+        boxes, labels = boxes[inside], labels[inside]
         boxes = np.clip(boxes, 0, size)
-        a = self.augment
         if a.dihedral:
             chip, valid, boxes = _dihedral(chip, valid, boxes, int(rng.integers(4)), bool(rng.integers(2)), size)
         if a.brightness or a.contrast:

@@ -1,40 +1,27 @@
-"""The training loop: seeded, CPU or CUDA, with periodic validation."""
+"""The training loop's parts: batches, optimisation steps, validation and hard-negative mining."""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from imagery.inference import predict
-from imagery.models import RawDetections
-from training.dataset import ChipSampler, LabelledScene
+from imagery.matching import Counts, counts_at, match_boxes, match_centres
+from training.chips import Chip, tile_of
+from training.dataset import ChipSampler
 from training.targets import centernet_loss, make_targets
 
-log = logging.getLogger(__name__)
+#: Score thresholds at which validation F1 is computed; the best becomes the model's default.
+THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings."""
-
-    chip_size: int = 128
-    batch_size: int = 16
-    steps: int = 2000
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    threads: int = 2
-    #: Fractions of training after which the model's false positives on the training
-    #: scenes become hard-negative chips.
-    mine_at: tuple[float, ...] = (0.35, 0.65)
-
-
-def _batch(sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: int, stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def make_batch(
+    sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: int, stride: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``n`` augmented chips and their dense CenterNet targets."""
     chips, targets = [], []
     for _ in range(n):
         chip, _valid, boxes, labels = sampler.sample(rng)
@@ -45,66 +32,117 @@ def _batch(sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: 
     return x, t
 
 
-def train_model(
-    model: torch.nn.Module,
-    sampler: ChipSampler,
-    num_classes: int,
-    settings: TrainSettings,
-    on_step: Callable[[int, float], None] | None = None,
-) -> torch.nn.Module:
-    """Train ``model`` in place for ``settings.steps`` steps of random chips."""
-    torch.manual_seed(settings.seed)
-    torch.set_num_threads(settings.threads)
-    rng = np.random.default_rng(settings.seed)
-    stride = getattr(model, "stride", 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.1)
-    model.train()
-    start = time.monotonic()
-    mine_steps = {int(f * settings.steps) for f in settings.mine_at}
-    for step in range(settings.steps):
-        if step in mine_steps:
-            sampler.hard = mine_hard_negatives(model, sampler.scenes)
-            model.train()
-            log.info("step %d: %d hard negatives", step, len(sampler.hard))
-        x, t = _batch(sampler, rng, settings.batch_size, num_classes, stride)
-        heat, size, off = model(x)
-        loss, parts = centernet_loss(heat, size, off, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if on_step:
-            on_step(step, float(loss.detach()))
-        if step % 100 == 0:
-            log.info("step %d loss %.3f %s %.0fs", step, float(loss.detach()), parts, time.monotonic() - start)
+def train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, t: dict[str, torch.Tensor], device: torch.device,
+) -> float:
+    """One optimisation step; returns the loss."""
+    x = x.to(device, non_blocking=True)
+    t = {k: v.to(device, non_blocking=True) for k, v in t.items()}
+    heat, size, off = model(x)
+    loss, _parts = centernet_loss(heat, size, off, t)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _predict_chips(
+    model: torch.nn.Module, chips: Sequence[Chip], threshold: float, max_box: float, device: torch.device, batch: int = 8,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Boxes (window pixels), scores and labels per chip."""
     model.eval()
-    return model
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(chips), batch):
+            part = chips[i : i + batch]
+            x = np.stack([c.data for c in part])
+            v = np.stack([c.valid for c in part])
+            dets = predict(model, x, v, threshold, max_box=max_box)
+            out += [(d.boxes, d.scores, d.labels) for d in dets]
+    return out
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation scores at the best threshold, and F1 at every threshold tried."""
+
+    counts: Counts
+    threshold: float
+    f1_by_threshold: dict[float, float]
+
+    @property
+    def f1(self) -> float:
+        """F1 at :attr:`threshold`."""
+        return self.counts.f1
+
+
+def validate(
+    model: torch.nn.Module,
+    chips: Sequence[Chip],
+    truth: dict[int, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    match: str,
+    iou: float,
+    distance_px: dict[int, float],
+    max_box: float,
+    device: torch.device,
+) -> Validation:
+    """Detect on validation tiles (keeping each detection in the tile whose core holds it).
+
+    ``truth`` maps a scene index to its validation boxes and labels (scene pixels);
+    ``distance_px`` maps it to the matching distance in that scene's pixels.
+    """
+    found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in truth}
+    for chip, (boxes, scores, labels) in zip(chips, _predict_chips(model, chips, THRESHOLDS[0], max_box, device), strict=True):
+        tile = tile_of(chip.window)
+        b = boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        own = (cx >= tile.core_col_start) & (cx < tile.core_col_stop) & (cy >= tile.core_row_start) & (cy < tile.core_row_stop)
+        # only detections on validation pixels count (block splits mask the rest out)
+        r = np.clip(cy.astype(int) - tile.row_off, 0, tile.size - 1)
+        c = np.clip(cx.astype(int) - tile.col_off, 0, tile.size - 1)
+        own &= chip.valid[r, c]
+        found.setdefault(chip.window.scene, []).append((b[own], scores[own], labels[own]))
+    per_t = {t: Counts(0, 0, 0) for t in THRESHOLDS}
+    for si, (gt_boxes, gt_labels) in truth.items():
+        parts = found.get(si, [])
+        boxes = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 4))
+        scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+        labels = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+        for k in range(num_classes):
+            pb, ps, gb = boxes[labels == k], scores[labels == k], gt_boxes[gt_labels == k]
+            if match == "iou":
+                m = match_boxes(pb, ps, gb, iou)
+            else:
+                pc = np.stack([(pb[:, 0] + pb[:, 2]) / 2, (pb[:, 1] + pb[:, 3]) / 2], 1) if len(pb) else np.zeros((0, 2))
+                gc = np.stack([(gb[:, 0] + gb[:, 2]) / 2, (gb[:, 1] + gb[:, 3]) / 2], 1) if len(gb) else np.zeros((0, 2))
+                m = match_centres(pc, ps, gc, distance_px[si])
+            for t in THRESHOLDS:
+                per_t[t] = per_t[t] + counts_at(m, ps, len(gb), t)
+    best = max(THRESHOLDS, key=lambda t: (per_t[t].f1, -abs(t - 0.4)))
+    return Validation(per_t[best], best, {t: c.f1 for t, c in per_t.items()})
 
 
 def mine_hard_negatives(
-    model: torch.nn.Module, scenes: list[LabelledScene], threshold: float = 0.2, per_scene: int = 150,
-    min_dist_px: float = 12.0,
+    model: torch.nn.Module, chips: Sequence[Chip], max_box: float, device: torch.device,
+    threshold: float = 0.2, per_chip: int = 8, min_dist_px: float = 12.0,
 ) -> list[tuple[int, float, float]]:
-    """Where ``model`` fires (score >= ``threshold``) farther than ``min_dist_px`` from every label."""
+    """Where ``model`` fires (score >= ``threshold``) farther than ``min_dist_px`` from every label.
+
+    Returns ``(chip index, column, row)`` in window pixels, at most ``per_chip`` per window.
+    """
     hard: list[tuple[int, float, float]] = []
-    for si, ls in enumerate(scenes):
-        det = predict_scene(model, ls, threshold)
-        if not len(det.scores):
+    for ci, (chip, (boxes, scores, _labels)) in enumerate(
+        zip(chips, _predict_chips(model, chips, threshold, max_box, device), strict=True)
+    ):
+        if not len(scores):
             continue
-        c = np.stack([(det.boxes[:, 0] + det.boxes[:, 2]) / 2, (det.boxes[:, 1] + det.boxes[:, 3]) / 2], 1)
-        if len(ls.boxes):
-            g = np.stack([(ls.boxes[:, 0] + ls.boxes[:, 2]) / 2, (ls.boxes[:, 1] + ls.boxes[:, 3]) / 2], 1)
+        c = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+        if len(chip.boxes):
+            g = np.stack([(chip.boxes[:, 0] + chip.boxes[:, 2]) / 2, (chip.boxes[:, 1] + chip.boxes[:, 3]) / 2], 1)
             far = np.linalg.norm(c[:, None] - g[None], axis=2).min(axis=1) > min_dist_px
         else:
             far = np.ones(len(c), bool)
-        order = np.argsort(-det.scores[far])[:per_scene]
-        hard.extend((si, float(x), float(y)) for x, y in c[far][order])
+        order = np.argsort(-scores[far])[:per_chip]
+        hard.extend((ci, float(x), float(y)) for x, y in c[far][order])
     return hard
-
-
-def predict_scene(model: torch.nn.Module, ls: LabelledScene, score_threshold: float) -> RawDetections:
-    """Detect on a whole in-memory scene (for validation; ``detect`` tiles instead)."""
-    assert ls.data is not None and ls.valid is not None  # noqa: S101 - caller loads the scene
-    model.eval()
-    return predict(model, ls.data[None], ls.valid[None], score_threshold)[0]
