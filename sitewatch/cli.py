@@ -155,7 +155,7 @@ class _TrainProgress:
                 self.bar.set_postfix(self.info, refresh=False)
             self.bar.update(n)
 
-    def warn(self, text: str) -> None:
+    def note(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(f"sitewatch: {text}", file=sys.stderr)
         else:
@@ -167,21 +167,26 @@ class _TrainProgress:
             self.bar = None
 
 
-def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+def _pairs(values: tuple[str, ...], flag: str, form: str) -> tuple[tuple[str, str], ...]:
     out = []
     for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise click.BadParameter(f"{v!r}: write COCO_FILE_NAME=SCENE_PATH", param_hint="--coco-image")
-        out.append((name, path))
+        left, sep, right = v.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise click.BadParameter(f"{v!r}: write {form}", param_hint=flag)
+        out.append((left.strip(), right.strip()))
     return tuple(out)
 
 
+def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return _pairs(values, "--coco-image", "COCO_FILE_NAME=SCENE_PATH")
+
+
 @cli.command()
+@click.argument("more_images", nargs=-1, metavar="[IMAGES]...")
 @click.option("--config", "-c", "config", required=True, type=click.Path(path_type=Path),
               help="Training config (YAML), e.g. configs/kilns-highres.yaml.")
 @click.option("--images", "-i", multiple=True, required=True,
-              help="Scenes: files, directories or quoted globs (repeat the flag or list several).")
+              help="Scenes: files, directories or quoted globs; list several after one --images.")
 @click.option("--labels", "-l", multiple=True, required=True, help="Label files: GeoJSON, COCO JSON or a sitewatch review export.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. --set train.epochs=5.")
@@ -195,7 +200,7 @@ def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--workers", type=int, default=None, help="Threads that read chips [default: one per CPU core].")
 @click.option("--resume", is_flag=True, help="Continue the unfinished training run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
-def train(config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: Path, sets: tuple[str, ...],
+def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: Path, sets: tuple[str, ...],
           epochs: int | None, device: str | None, name: str | None, labels_crs: str | None, skip_bad_labels: bool,
           coco_image: tuple[str, ...], bands: str | None, workers: int | None, resume: bool, overwrite: bool) -> None:
     """Train a detector on your scenes and labels; writes a model directory for --model.
@@ -223,7 +228,7 @@ def train(config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: P
     progress = _TrainProgress(sys.stderr.isatty())
     command = "sitewatch " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "sitewatch train"
     try:
-        res = run_training(cfg, list(images), list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
+        res = run_training(cfg, [*images, *more_images], list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
                            resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command)
     finally:
         progress.close()
@@ -274,13 +279,14 @@ def models(dirs: tuple[Path, ...]) -> None:
 @click.option("--labels-crs", default=None, help="CRS of label coordinates (EPSG:32643) [default: lon/lat, RFC 7946].")
 @click.option("--skip-bad-labels", is_flag=True, help="Go on without unusable labels (listed in metrics.json).")
 @click.option("--coco-image", multiple=True, metavar="NAME=SCENE", help="Bind a COCO image file name to a scene path.")
+@click.option("--class-map", multiple=True, metavar="LABEL=CLASS", help="Read label class LABEL as model class CLASS (ship=vessel).")
 @click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
 @click.option("--workers", type=int, default=None, help="Parallel workers [default: one per CPU core].")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
 def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out: Path, iou: float, distance_m: float,
              primary: str, score_threshold: float | None, class_property: str, point_box_m: float,
-             labels_crs: str | None, skip_bad_labels: bool, coco_image: tuple[str, ...], bands: str | None,
-             workers: int | None, overwrite: bool) -> None:
+             labels_crs: str | None, skip_bad_labels: bool, coco_image: tuple[str, ...], class_map: tuple[str, ...],
+             bands: str | None, workers: int | None, overwrite: bool) -> None:
     """Detect on labelled scenes and score the detections: precision, recall, F1 and AP per class.
 
     \b
@@ -297,7 +303,8 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
     try:
         report = run_evaluation(list(inputs), model, list(labels), out, settings, class_property=class_property,
                                 point_box_m=point_box_m, labels_crs=labels_crs, skip_bad_labels=skip_bad_labels,
-                                coco_bind=_bind(coco_image), detect_settings=DetectSettings(workers=workers, bands=_bands(bands)),
+                                coco_bind=_bind(coco_image), class_map=_pairs(class_map, "--class-map", "LABEL_CLASS=MODEL_CLASS"),
+                                detect_settings=DetectSettings(workers=workers, bands=_bands(bands)),
                                 overwrite=overwrite, on_tiles=progress.tiles, on_plan=progress.plan)
     finally:
         progress.close()
@@ -319,6 +326,11 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
         c = by_crit[primary].counts
         click.echo(f"{scene:{ws}}  {cls:{wc}}  {by_crit[primary].labels:6d} {c.tp:5d} {c.fp:5d} {c.fn:5d}  "
                    + "  ".join(f"{cells(by_crit[crit]):23}" for crit in CRITERIA))
+    best = report.best_threshold()
+    if best is not None:
+        t, c = best
+        click.echo(f"best F1 over score thresholds ({settings.describe(primary)}): {c.f1:.3f} at {t:.2f} "
+                   f"(P {c.precision:.3f}, R {c.recall:.3f}); see by_threshold in metrics.json")
     problems = report.meta["labels"]["problems"]
     if problems:
         click.echo(f"sitewatch: warning: left out {len(problems)} unusable label(s); see {out / 'metrics.json'}", err=True)

@@ -258,3 +258,16 @@ def test_cli_evaluates_the_demo_model_on_the_demo_scene(tmp_path: Path, capsys: 
             main([*args, *extra])
         err = capsys.readouterr().err
         assert exc.value.code == code and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_threshold_sweep_pools_classes_and_scenes() -> None:
+    report = _case()
+    at_half = report.by_threshold["iou"][0.5]
+    # at 0.5 the totals are those of the operating threshold (0.5) in the hand-built case
+    assert (at_half.tp, at_half.fp, at_half.fn) == _figures(report.totals["iou"])
+    # raising the threshold above every score leaves only misses
+    top = report.by_threshold["distance"][0.9]
+    assert top.tp + top.fp == 1  # v6 (0.95) alone
+    t, best = report.best_threshold("iou")
+    assert best.f1 == max(c.f1 for c in report.by_threshold["iou"].values())
+    assert json.loads(json.dumps(report.to_dict()))["by_threshold"]["iou"]["0.50"]["tp"] == at_half.tp

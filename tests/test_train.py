@@ -110,7 +110,7 @@ class _StopAfter:
             if self.done > self.steps:
                 raise KeyboardInterrupt
 
-    def warn(self, text: str) -> None:
+    def note(self, text: str) -> None:
         pass
 
 

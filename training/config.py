@@ -62,6 +62,8 @@ class LabelsConfig(_Section):
     """How label files are read (see :mod:`training.labels`)."""
 
     class_property: str = "class"
+    #: Label class names -> model class names, e.g. ``{ship: vessel}``.
+    class_map: dict[str, str] = Field(default_factory=dict)
     #: Side in metres of the box given to a Point label.
     point_box_m: float = Field(50.0, gt=0)
     #: CRS of label coordinates when the file declares none (default: WGS84 lon/lat).

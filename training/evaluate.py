@@ -54,6 +54,10 @@ DETECTIONS_DIR = "detections"
 AP_SCORE_FLOOR = 0.05
 
 
+#: Score thresholds of the sweep in ``metrics.json`` (``by_threshold``).
+SWEEP = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.05))
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How detections are matched to labels, and at which score they count.
@@ -188,8 +192,18 @@ class EvalReport:
     false_positives: dict[str, list[Miss]]
     #: criterion -> labels matched by no detection scoring at least ``threshold``.
     false_negatives: dict[str, list[Miss]]
+    #: criterion -> score threshold -> counts over every class and scene (to choose a threshold).
+    by_threshold: dict[str, dict[float, Counts]] = field(default_factory=dict)
     #: Provenance added by :func:`run_evaluation` (model, inputs, labels); JSON-safe.
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def best_threshold(self, crit: str | None = None) -> tuple[float, Counts] | None:
+        """The swept threshold with the best F1 under ``crit`` (default: the primary criterion)."""
+        sweep = self.by_threshold.get(crit or self.settings.primary, {})
+        if not sweep:
+            return None
+        t = max(sweep, key=lambda k: (sweep[k].f1, -k))
+        return t, sweep[t]
 
     def headline(self) -> dict[str, Any]:
         """Totals under the primary criterion at the operating threshold, for one-line summaries."""
@@ -228,6 +242,7 @@ class EvalReport:
                 for s in self.per_scene
             ],
             "pr_curves": {c: {crit: curve.to_dict() for crit, curve in v.items()} for c, v in self.curves.items()},
+            "by_threshold": {crit: {f"{t:.2f}": c.as_dict() for t, c in v.items()} for crit, v in self.by_threshold.items()},
             **self.meta,
         }
 
@@ -377,7 +392,10 @@ def evaluate(
                     if j not in found:
                         fns[crit].append(Miss(scene.name, classes[p.cls], gt_rings[p.label_rows[j]]))
 
+    sweep = {crit: {t: sum((counts_at(p.matches[crit], p.scores, len(p.label_rows), t) for ps in pairings for p in ps),
+                           Counts(0, 0, 0)) for t in SWEEP} for crit in CRITERIA}
     return EvalReport(
+        by_threshold=sweep,
         classes=classes,
         settings=settings,
         threshold=float(threshold),
@@ -498,6 +516,7 @@ def run_evaluation(
     labels_crs: str | None = None,
     skip_bad_labels: bool = False,
     coco_bind: tuple[tuple[str, str], ...] = (),
+    class_map: tuple[tuple[str, str], ...] = (),
     detect_settings: DetectSettings | None = None,
     overwrite: bool = False,
     on_tiles: Callable[[int], None] | None = None,
@@ -524,6 +543,7 @@ def run_evaluation(
         labels_crs: CRS of label coordinates that declare none (default RFC 7946 lon/lat).
         skip_bad_labels: go on without unusable labels (listed in ``metrics.json``).
         coco_bind: COCO ``file_name`` -> scene path pairs.
+        class_map: label class name -> model class name pairs (``("ship", "vessel")``).
         detect_settings: tiling, bands, workers...; its ``score_threshold`` is ignored.
         overwrite: replace an earlier evaluation in ``out``.
         on_tiles: progress callback, as for :func:`imagery.pipeline.detect`.
@@ -545,7 +565,8 @@ def run_evaluation(
     spec = p.model.spec
     threshold = settings.score_threshold if settings.score_threshold is not None else spec.score_threshold
     options = LabelOptions(classes=tuple(spec.classes), class_property=class_property, point_box_m=point_box_m,
-                           crs=labels_crs, skip_problems=skip_bad_labels, coco_bind=tuple(coco_bind))
+                           crs=labels_crs, skip_problems=skip_bad_labels, coco_bind=tuple(coco_bind),
+                           class_map=tuple(class_map))
     label_set = read_labels([Path(x) for x in labels_paths], list(p.scenes), options)
 
     created = not out.exists()
@@ -571,7 +592,7 @@ def run_evaluation(
         "labels": {
             "files": [str(x) for x in labels_paths],
             "options": {"class_property": class_property, "point_box_m": point_box_m, "crs": labels_crs,
-                        "skip_problems": skip_bad_labels},
+                        "skip_problems": skip_bad_labels, "class_map": dict(class_map)},
             "counts": dict(label_set.counts),
             "problems": [asdict(pr) for pr in label_set.problems],
         },

@@ -44,6 +44,9 @@ class LabelOptions:
     crs: str | None = None
     #: Report problems but go on without the bad labels (default: stop).
     skip_problems: bool = False
+    #: Label class name -> model class name (``("ship", "vessel")``), for files that name
+    #: classes their own way.
+    class_map: tuple[tuple[str, str], ...] = ()
     #: COCO ``file_name`` -> scene source path, for images whose names do not match a scene.
     coco_bind: tuple[tuple[str, str], ...] = ()
 
@@ -482,11 +485,15 @@ def _class_index(props: dict[str, Any], options: LabelOptions) -> int:
         raise _BadLabelError(
             "missing-class", f"no {options.class_property!r} property (classes: {', '.join(options.classes)})"
         )
-    return _match_class(str(name), options.classes)
+    return _match_class(str(name), options.classes, options.class_map)
 
 
-def _match_class(name: str, classes: Sequence[str]) -> int:
+def _match_class(name: str, classes: Sequence[str], class_map: tuple[tuple[str, str], ...] = ()) -> int:
     wanted = name.strip().casefold()
+    for source, target in class_map:
+        if source.strip().casefold() == wanted:
+            wanted = target.strip().casefold()
+            break
     for index, known in enumerate(classes):
         if known.casefold() == wanted:
             return index
@@ -731,7 +738,7 @@ def _check_coco_box(box: np.ndarray, name: str, scene: Scene, options: LabelOpti
         raise _BadLabelError("invalid-geometry", f"box [{x0:g}, {y0:g}, {w:g}, {h:g}] has no area")
     if x1 <= 0 or y1 <= 0 or x0 >= scene.width or y0 >= scene.height:
         raise _BadLabelError("outside", f"box [{x0:g}, {y0:g}, {w:g}, {h:g}] is outside the {scene.width}x{scene.height} image")
-    return _match_class(name, options.classes)
+    return _match_class(name, options.classes, options.class_map)
 
 
 def _bind_image(

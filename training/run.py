@@ -51,7 +51,8 @@ class Progress(Protocol):
 
     def stage(self, text: str, total: int | None = None) -> None: ...
     def advance(self, n: int = 1, **info: Any) -> None: ...
-    def warn(self, text: str) -> None: ...
+    def note(self, text: str) -> None:
+        """A line for the user: a warning or an epoch's figures."""
 
 
 class _Silent:
@@ -61,8 +62,8 @@ class _Silent:
     def advance(self, n: int = 1, **info: Any) -> None:
         pass
 
-    def warn(self, text: str) -> None:
-        log.warning("%s", text)
+    def note(self, text: str) -> None:
+        log.info("%s", text)
 
 
 @dataclass
@@ -326,10 +327,11 @@ def run_training(
     paths = expand_images(images, m.bands)
     scenes = [open_scene(p, m.bands, bands) for p in paths]
     opts = LabelOptions(classes=tuple(m.classes), class_property=cfg.labels.class_property, point_box_m=cfg.labels.point_box_m,
-                        crs=cfg.labels.crs, skip_problems=cfg.labels.skip_problems, coco_bind=tuple(coco_bind))
+                        crs=cfg.labels.crs, skip_problems=cfg.labels.skip_problems, coco_bind=tuple(coco_bind),
+                        class_map=tuple(cfg.labels.class_map.items()))
     label_set: LabelSet = read_labels(labels, scenes, opts)
     if label_set.problems:
-        prog.warn(f"skipping {len(label_set.problems)} unusable labels: {problem_summary(label_set.problems)}")
+        prog.note(f"skipping {len(label_set.problems)} unusable labels: {problem_summary(label_set.problems)}")
     truth = label_set.scenes
     if sum(len(t.boxes) for t in truth) == 0:
         raise InputError(labels[0], "no usable labels fall in the given images; check the label CRS and the images")
@@ -366,7 +368,7 @@ def run_training(
     dist_px = {si: cfg.evaluate.distance_m / _ground_px(truth[si].scene) for si in val_truth}
     has_val = bool(val_chips) and any(len(b) for b, _ in val_truth.values())
     if val_chips and not has_val:
-        prog.warn("the validation area holds no labels: no validation F1, no early stopping")
+        prog.note("the validation area holds no labels: no validation F1, no early stopping")
 
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
@@ -387,7 +389,7 @@ def run_training(
         history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
         start_epoch, elapsed, mined = state["epoch"], state["elapsed"], [tuple(h) for h in state["mined"]]
         sampler.set_mined(mined)  # type: ignore[arg-type]
-        prog.warn(f"resuming {out} after epoch {start_epoch}")
+        prog.note(f"resuming {out} after epoch {start_epoch}")
     stride = getattr(model, "stride", 2)
     t_start = time.monotonic() - elapsed
     prog.stage(f"training on {device.type}", total)
@@ -429,6 +431,8 @@ def run_training(
             bad_epochs += 1
         row["seconds"] = round(time.monotonic() - t_start, 1)
         history.append(row)
+        vtext = f", validation F1 {row['val_f1']:.3f} at {row['val_threshold']:.2f}" if "val_f1" in row else ""
+        prog.note(f"epoch {epoch}/{cfg.train.epochs}: loss {row['loss']:.3f}{vtext} ({row['seconds'] / 60:.1f} min)")
         _save_state(out / "checkpoints" / "last.pt", {
             "format": STATE_FORMAT, "config": cfg_doc, "inputs": inputs_doc, "epoch": epoch,
             "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
@@ -443,7 +447,7 @@ def run_training(
             stopped = f"time limit: train.max_minutes {cfg.train.max_minutes:g} reached"
             break
     if stopped:
-        prog.warn(stopped)
+        prog.note(stopped)
     minutes = (time.monotonic() - t_start) / 60
     model.load_state_dict(best["state"])
     threshold = cfg.evaluate.score_threshold if cfg.evaluate.score_threshold is not None else (best["threshold"] or 0.3)
