@@ -95,3 +95,29 @@ def test_scene_split_planning_is_repeatable(labelled: SceneLabels, tmp_path: Pat
     a = plan_windows([labelled], [Region(None, 1.0, False)], 64, 3, 64, seed=5)
     b = plan_windows([labelled], [Region(None, 1.0, False)], 64, 3, 64, seed=5)
     assert a == b
+
+
+def test_every_object_anchors_exactly_one_window(labelled: SceneLabels) -> None:
+    boxes = np.array([[20, 20, 28, 28], [30, 22, 38, 30], [150, 100, 158, 108], [154, 104, 162, 112]], float)
+    sl = SceneLabels(labelled.scene, boxes, np.zeros(4, np.int64))
+    train, _ = plan_windows([sl], [Region(None, 1.0, False)], 64, 0, 64, seed=0)
+    anchors = [a for w in train for a in w.anchors]
+    assert len(anchors) == 4 and len(train) == 2
+    assert sorted((a[0], a[1]) for a in anchors) == sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes)
+
+
+def test_rare_classes_are_drawn_more_often_than_their_share(labelled: SceneLabels) -> None:
+    # nine objects of class 0 and one of class 1, far apart: one window each
+    cols = np.arange(10) * 28.0 + 4
+    boxes = np.stack([cols, np.full(10, 90.0), cols + 6, np.full(10, 96.0)], axis=1)
+    labels = np.array([0] * 9 + [1])
+    sl = SceneLabels(labelled.scene, boxes, labels)
+    train, _ = build_chips([sl], [Region(None, 1.0, False)], Normalisation(), BANDS, 16, 0, 64, seed=0)
+    sampler = ChipSampler(train, 16, pos_fraction=1.0, augment=Augment(dihedral=False, brightness=0, contrast=0, noise=0))
+    rng = np.random.default_rng(1)
+    drawn = []
+    for _ in range(400):
+        ci, oj = sampler._objects[rng.choice(len(sampler._objects), p=sampler._object_p)]
+        drawn.append(int(sampler.chips[ci].anchors[oj, 2]))
+    share = np.mean(np.array(drawn) == 1)
+    assert 0.15 < share < 0.4  # 1/sqrt weighting: 1 / (1 + 9 / 3) = 0.25, against a 0.1 share by count

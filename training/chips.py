@@ -45,6 +45,9 @@ class Window:
     kind: str
     #: For validation tiles: the tile's core ``(col0, row0, col1, row1)`` in scene pixels.
     core: tuple[int, int, int, int] | None = None
+    #: The points this window was read for, ``(col, row, class)`` in scene pixels: each
+    #: labelled object (or known non-object, class -1) is the anchor of exactly one window.
+    anchors: tuple[tuple[float, float, int], ...] = ()
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Chip:
     valid: np.ndarray = field(repr=False)
     boxes: np.ndarray
     labels: np.ndarray
-    #: Points the sampler centres chips on: objects (object windows) or non-objects (hard).
+    #: ``(n, 3)`` points the sampler centres chips on, ``col, row, class`` in window pixels:
+    #: the window's objects (object windows) or non-objects (hard windows, class -1).
     anchors: np.ndarray
 
 
@@ -99,15 +103,17 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1) if len(boxes) else np.zeros((0, 2))
 
 
-def _anchor_windows(points: np.ndarray, scene: int, size: int, kind: str) -> list[Window]:
-    """One window per point, except points already in the inner half of an earlier window."""
-    out: list[Window] = []
-    for x, y in points:
-        if any(w.col_off + size / 4 <= x < w.col_off + 3 * size / 4 and w.row_off + size / 4 <= y < w.row_off + 3 * size / 4
-               for w in out):
-            continue
-        out.append(Window(scene, int(round(x - size / 2)), int(round(y - size / 2)), size, kind))
-    return out
+def _anchor_windows(points: np.ndarray, classes: np.ndarray, scene: int, size: int, kind: str) -> list[Window]:
+    """One window per point, except points in the inner half of an earlier window, which join it."""
+    groups: list[tuple[int, int, list[tuple[float, float, int]]]] = []
+    for (x, y), k in zip(points, classes, strict=True):
+        for col, row, members in groups:
+            if col + size / 4 <= x < col + 3 * size / 4 and row + size / 4 <= y < row + 3 * size / 4:
+                members.append((float(x), float(y), int(k)))
+                break
+        else:
+            groups.append((int(round(x - size / 2)), int(round(y - size / 2)), [(float(x), float(y), int(k))]))
+    return [Window(scene, col, row, size, kind, anchors=tuple(members)) for col, row, members in groups]
 
 
 def plan_windows(
@@ -123,10 +129,10 @@ def plan_windows(
         if region.any_train:
             centres = _centres(sl.boxes)
             keep = ~region.is_val(centres[:, 0], centres[:, 1]) if len(centres) else np.zeros(0, bool)
-            train += _anchor_windows(centres[keep], si, window, "object")
+            train += _anchor_windows(centres[keep], sl.labels[keep], si, window, "object")
             negs = sl.negatives
             keep = ~region.is_val(negs[:, 0], negs[:, 1]) if len(negs) else np.zeros(0, bool)
-            train += _anchor_windows(negs[keep], si, window, "hard")
+            train += _anchor_windows(negs[keep], np.full(int(keep.sum()), -1), si, window, "hard")
             tiles = [t for t in TileGrid(sc.width, sc.height, window, window // 4).tiles()
                      if not region.mask(Window(si, t.col_off, t.row_off, window, "")).all()]
             pick = rng.permutation(len(tiles))[:negatives_per_scene]
@@ -179,15 +185,9 @@ def read_chips(
                 inside &= in_val if w.kind == "validation" else ~in_val
             shift = np.array([w.col_off, w.row_off] * 2, dtype=float)
             boxes = labels.boxes[inside] - shift
-            if w.kind == "hard":
-                pts = labels.negatives - shift[:2]
-            elif w.kind == "object":
-                pts = _centres(boxes)
-            else:
-                pts = np.zeros((0, 2))
-            if len(pts):
-                pts = pts[(pts >= 0).all(axis=1) & (pts < w.size).all(axis=1)]
-            out.append(Chip(w, data.astype(np.float32), valid, boxes, labels.labels[inside].copy(), pts))
+            anchors = np.array(w.anchors, dtype=float).reshape(-1, 3)
+            anchors[:, :2] -= shift[:2]
+            out.append(Chip(w, data.astype(np.float32), valid, boxes, labels.labels[inside].copy(), anchors))
     return out
 
 

@@ -70,7 +70,15 @@ class ChipSampler:
         self.hard_fraction = hard_fraction
         self.augment = augment or Augment()
         self._objects = [(i, j) for i, c in enumerate(chips) if c.window.kind == "object" for j in range(len(c.anchors))]
-        given = [(i, float(x), float(y)) for i, c in enumerate(chips) if c.window.kind == "hard" for x, y in c.anchors]
+        # Class balance: with several classes, objects of rare classes are drawn more often
+        # (weight 1 / sqrt(class count)), so a class with few labels is not drowned out.
+        classes = np.array([int(chips[i].anchors[j, 2]) for i, j in self._objects], dtype=np.int64)
+        self._object_p: np.ndarray | None = None
+        if len(np.unique(classes)) > 1:
+            counts = np.bincount(classes)
+            w = 1.0 / np.sqrt(counts[classes])
+            self._object_p = w / w.sum()
+        given = [(i, float(a[0]), float(a[1])) for i, c in enumerate(chips) if c.window.kind == "hard" for a in c.anchors]
         #: Known non-objects (rejected reviews); mining adds the model's false positives.
         self.given_hard: list[tuple[int, float, float]] = given
         #: Hard negatives: ``(chip index, column, row)`` in window pixels.
@@ -91,9 +99,12 @@ class ChipSampler:
             src = max(8, int(round(size / factor)))
         draw = rng.random()
         if self._objects and draw < self.pos_fraction:
-            ci, oj = self._objects[rng.integers(len(self._objects))]
+            if self._object_p is None:
+                ci, oj = self._objects[rng.integers(len(self._objects))]
+            else:
+                ci, oj = self._objects[rng.choice(len(self._objects), p=self._object_p)]
             c = self.chips[ci]
-            cx, cy = c.anchors[oj]
+            cx, cy = c.anchors[oj, :2]
         elif self.hard and draw < self.pos_fraction + self.hard_fraction:
             ci, cx, cy = self.hard[rng.integers(len(self.hard))]
             c = self.chips[ci]

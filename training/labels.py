@@ -136,7 +136,7 @@ _KIND_TEXT: dict[str, tuple[str, str, bool, str]] = {
         "label on a COCO image that matches no scene",
         "labels on COCO images that match no scene",
         True,
-        "name images after their scenes or bind them with labels.coco_bind",
+        "name images after their scenes or bind them with --coco-image NAME=SCENE",
     ),
     "size-mismatch": (
         "label on a COCO image whose size differs from its scene",

@@ -375,7 +375,12 @@ def run_training(
     model = build_model(m.arch, len(m.bands), len(m.classes), m.arch_params).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     total = cfg.train.epochs * cfg.train.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=total, pct_start=0.1)
+    if total >= 4:
+        # warm up over 10% of the steps (at least 2), then anneal
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=total,
+                                                         pct_start=max(0.1, 2 / total))
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     mine_steps = sorted({int(f * total) for f in cfg.train.mine_at})
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "f1": -1.0, "threshold": None, "state": None, "validation": None}
