@@ -22,6 +22,13 @@ class UsageError(SitewatchError, ValueError):
     exit_code = 2
 
 
+class NotFoundError(UsageError, KeyError):
+    """A named thing (a site id, a class, a sample) does not exist where it was looked for."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class InputError(SitewatchError, OSError):
     """An input file is missing, unreadable or unusable."""
 

@@ -1,4 +1,13 @@
-"""Write a run's outputs: ``detections.geojson`` (RFC 7946), ``run.json`` and ``map.html``."""
+"""Write a run's outputs: ``candidates.gpkg``, ``detections.geojson`` (RFC 7946), ``run.json``,
+``map.html`` and ``quicklooks/<scene>.png``.
+
+The candidate store is the record of every run written into a directory; the other files
+are rendered from it, so after ``detect --append`` they cover every scene of every run.
+A new run's store is built in the staging directory and renamed into place with the other
+files (``run.json`` last). An appended run writes into the existing store in one
+transaction (other writers, such as reviewers, keep writing to it meanwhile), renders the
+other files from that transaction, commits it, and then renames the files into place.
+"""
 
 from __future__ import annotations
 
@@ -25,35 +34,6 @@ def ccw_rings(corners: np.ndarray) -> np.ndarray:
     area2 = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1)
     rings = np.where((area2 < 0)[:, None, None], corners[:, ::-1], corners)
     return np.concatenate([rings, rings[:, :1]], axis=1)
-
-
-def features(summary: RunSummary, detected_at: str) -> list[dict[str, Any]]:
-    """One GeoJSON Feature per detection (Polygon box; centre as ``lon``/``lat``)."""
-    spec = summary.plan.model.spec
-    feats: list[dict[str, Any]] = []
-    for res in summary.results:
-        d = res.detections
-        if not d or not len(d["scores"]):
-            continue
-        rings = np.round(ccw_rings(d["corners_lonlat"]), 7)
-        centres = np.round(d["centre_lonlat"], 7)
-        for i in range(len(d["scores"])):
-            feats.append({
-                "type": "Feature",
-                "id": len(feats) + 1,
-                "geometry": {"type": "Polygon", "coordinates": [rings[i].tolist()]},
-                "properties": {
-                    "class": spec.classes[int(d["labels"][i])],
-                    "score": round(float(d["scores"][i]), 4),
-                    "scene": res.scene.name,
-                    "model": spec.name,
-                    "model_version": spec.version,
-                    "detected_at": detected_at,
-                    "lon": float(centres[i, 0]),
-                    "lat": float(centres[i, 1]),
-                },
-            })
-    return feats
 
 
 def _versions() -> dict[str, str]:
@@ -112,41 +92,3 @@ def run_record(summary: RunSummary) -> dict[str, Any]:
     }
 
 
-def map_layers(summary: RunSummary) -> list[MapLayer]:
-    """Quick-look layers for ``map.html``."""
-    classes = summary.plan.model.spec.classes
-    layers = []
-    for r in summary.results:
-        if r.stats is None:
-            continue
-        d = r.detections
-        s = r.scene
-        xs, ys = pixel_to_map(s.affine, np.array([0.0, s.width, s.width, 0.0]), np.array([0.0, 0.0, s.height, s.height]))
-        lon, lat = to_lonlat(s.crs_wkt, xs, ys)
-        layers.append(MapLayer(
-            scene=s.name,
-            image=r.stats.quicklook,
-            scale=r.stats.quicklook_scale,
-            boxes=d["boxes"],
-            classes=tuple(classes[int(c)] for c in d["labels"]),
-            scores=d["scores"],
-            lonlat=d["centre_lonlat"],
-            bounds_lonlat=(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())),
-        ))
-    return layers
-
-
-def write_outputs(summary: RunSummary, *, overwrite: bool) -> None:
-    """Stage every output, then move them into the run directory."""
-    detected_at = summary.finished.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    staging = Staging(summary.out)
-    try:
-        fc = {"type": "FeatureCollection", "features": features(summary, detected_at)}
-        staging.write_json("detections.geojson", fc)
-        title = f"sitewatch candidates: {', '.join(r.scene.name for r in summary.results)}"
-        staging.write_text("map.html", render_map_html(map_layers(summary), title, summary.plan.model.spec.name))
-        staging.write_json("run.json", run_record(summary))
-    except BaseException:
-        staging.discard()
-        raise
-    staging.commit(["detections.geojson", "map.html", "run.json"])

@@ -282,11 +282,12 @@ def models(dirs: tuple[Path, ...]) -> None:
 @click.option("--class-map", multiple=True, metavar="LABEL=CLASS", help="Read label class LABEL as model class CLASS (ship=vessel).")
 @click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
 @click.option("--workers", type=int, default=None, help="Parallel workers [default: one per CPU core].")
+@click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles [default: the model's].")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
 def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out: Path, iou: float, distance_m: float,
              primary: str, score_threshold: float | None, class_property: str, point_box_m: float,
              labels_crs: str | None, skip_bad_labels: bool, coco_image: tuple[str, ...], class_map: tuple[str, ...],
-             bands: str | None, workers: int | None, overwrite: bool) -> None:
+             bands: str | None, workers: int | None, tta: bool | None, overwrite: bool) -> None:
     """Detect on labelled scenes and score the detections: precision, recall, F1 and AP per class.
 
     \b
@@ -304,7 +305,7 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
         report = run_evaluation(list(inputs), model, list(labels), out, settings, class_property=class_property,
                                 point_box_m=point_box_m, labels_crs=labels_crs, skip_bad_labels=skip_bad_labels,
                                 coco_bind=_bind(coco_image), class_map=_pairs(class_map, "--class-map", "LABEL_CLASS=MODEL_CLASS"),
-                                detect_settings=DetectSettings(workers=workers, bands=_bands(bands)),
+                                detect_settings=DetectSettings(workers=workers, bands=_bands(bands), tta=tta),
                                 overwrite=overwrite, on_tiles=progress.tiles, on_plan=progress.plan)
     finally:
         progress.close()

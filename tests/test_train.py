@@ -236,3 +236,15 @@ def test_scene_labels_in_pixels_match_the_planted_objects(data: dict[str, Path])
     got = np.sort(ls.scenes[0].boxes, axis=0)
     want = np.sort(np.array([o.box for o in planted]), axis=0)
     assert np.allclose(got, want, atol=0.01)
+
+
+def test_scenes_without_objects_give_background_windows(data: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.tif"
+    make_scene(empty, seed=300, width=192, height=192, origin=(600_000.0, 4_800_000.0), n_vessels=0, n_kilns=0)
+    out = tmp_path / "m"
+    cfg = load_config(data["config"], [parse_override("split.val_fraction=0"), parse_override("labels.skip_problems=true")])
+    res = run_training(cfg, [str(data["scenes"] / "s0.tif"), str(empty)], [str(data["labels"])], out, workers=1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert res.label_counts["positives"] == 7 and metrics["validation"] is None
+    card = (out / "model_card.md").read_text()
+    assert "`empty` (train): 0 labels" in card
