@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,14 @@ import dask
 import numpy as np
 
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
-from imagery.errors import InputError, SitewatchError, UsageError
+from imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from imagery.merge import suppress
 from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
 from imagery.report import write_outputs
 from imagery.scene import Scene, open_scene
+from imagery.sites import site_distances
+from imagery.store import STORE_NAME, CandidateStore, review_count
 from imagery.tiling import TileGrid
 from imagery.worker import BlockResult, SceneStats, detect_block, scene_stats
 
@@ -207,31 +209,57 @@ def detect(
     on_tiles: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     own_files: tuple[str, ...] = (),
+    append: bool = False,
+    site_distance: Mapping[str, float] | None = None,
 ) -> RunSummary:
     """Detect objects in ``inputs`` with ``model`` and write the run's outputs to ``out``.
 
     Args:
         inputs: scene files, or directories of single-band files (one scene each).
         model: a shipped model name (``vessels-s2``) or a checkpoint path.
-        out: run directory for ``detections.geojson``, ``run.json`` and ``map.html``.
+        out: run directory for ``candidates.gpkg``, ``detections.geojson``, ``run.json``,
+            ``map.html`` and ``quicklooks/``.
         settings: tiling and inference settings; model defaults where ``None``.
         overwrite: replace the results of an earlier run in ``out``.
         scheduler: address of a running Dask distributed scheduler; local threads if ``None``.
         on_tiles: called with the number of tiles each finished task covered (progress).
         on_plan: called once the plan is validated, before work starts.
         own_files: files in ``out`` the caller put there (not foreign, not results).
+        append: add the scenes to the run already in ``out``: its candidate store keeps
+            every detection, site and review, and the other outputs are rewritten to cover
+            every scene. A directory without an earlier run gets a new run. A scene already
+            in the store is refused.
+        site_distance: metres per class within which detections form one site (defaults:
+            the store's last run's, else kiln 100, vessel 50; see :mod:`imagery.sites`).
 
     Returns:
         A :class:`RunSummary`; scenes that failed are listed in it and in ``run.json``.
 
     Raises:
-        SitewatchError: bad input, model or output location (nothing is written), or
+        SitewatchError: bad input, model or output location (nothing is written), a scene
+            already in the store (``append``), ``overwrite`` of a store holding reviews, or
             every scene failed (nothing is written).
     """
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
-    check_out_dir(out, overwrite, own_files)
+    check_out_dir(out, overwrite, own_files, append=append)
+    store_path = out / STORE_NAME
+    if overwrite and (n := review_count(store_path)):
+        raise OutputError(
+            f"--out {out}: its candidate store holds {n} reviews that --overwrite would discard; "
+            "use --append to add scenes and keep them, or export them first (sitewatch export) and remove "
+            f"{store_path} yourself"
+        )
+    site_distances((), site_distance)  # validate before any work
     p = plan(inputs, model, settings or DetectSettings())
+    names: dict[str, str] = {}
+    for sc in p.scenes:
+        if sc.name in names:
+            raise UsageError(f"{sc.source}: has the scene name {sc.name!r} of {names[sc.name]}; "
+                             "rename one (scene names identify scenes in the outputs)")
+        names[sc.name] = sc.source
+    if append and store_path.exists():
+        CandidateStore(store_path).check_new_scenes(p.scenes)
     if on_plan:
         on_plan(p)
     graph = build_graph(p)
@@ -265,7 +293,7 @@ def detect(
         started=started,
         finished=dt.datetime.now(dt.UTC),
     )
-    write_outputs(summary, overwrite=overwrite)
+    write_outputs(summary, overwrite=overwrite, append=append, site_distance=site_distance)
     return summary
 
 

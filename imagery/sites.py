@@ -96,12 +96,20 @@ def group_date(cls: str, acquired: str | None) -> str | None:
     return acquired if per_date(cls) else None
 
 
+#: Side in degrees of the grid cells :func:`assign` files site points under (~1.1 km of latitude).
+CELL_DEG = 0.01
+_M_PER_DEG = 6_371_008.8 * np.pi / 180
+
+
 def assign(
     sites: list[SitePoint],
     detections: Sequence[tuple[str, str | None, float, float]],
     distances: Mapping[str, float],
 ) -> list[int]:
     """Assign each detection to a site, in order, creating sites as needed.
+
+    Site points are filed in a grid of :data:`CELL_DEG` cells per class and date group, so
+    each detection is compared with the sites of the nearby cells only.
 
     Args:
         sites: existing sites; new sites are appended to this list and points are updated
@@ -112,27 +120,43 @@ def assign(
     Returns:
         The index into ``sites`` of each detection's site.
     """
-    groups: dict[tuple[str, str | None], list[int]] = {}
+    grid: dict[tuple[str, str | None, int, int], list[int]] = {}
+
+    def cell(s: SitePoint) -> tuple[str, str | None, int, int]:
+        return (s.cls, s.date, int(np.floor(s.lat / CELL_DEG)), int(np.floor(s.lon / CELL_DEG)))
+
     for i, s in enumerate(sites):
-        groups.setdefault((s.cls, s.date), []).append(i)
+        grid.setdefault(cell(s), []).append(i)
     out: list[int] = []
     for cls, acquired, lon, lat in detections:
-        key = (cls, group_date(cls, acquired))
-        members = groups.setdefault(key, [])
+        date = group_date(cls, acquired)
+        limit = distances.get(cls, DEFAULT_SITE_DISTANCE_M.get(cls.lower(), FALLBACK_SITE_DISTANCE_M))
+        # Cells to search: the limit in latitude cells, and in longitude cells at this latitude
+        # (site points within the limit are within a fraction of a degree, so the cosine barely changes).
+        r_lat = int(np.ceil(limit / (_M_PER_DEG * CELL_DEG))) + 1
+        cos = max(float(np.cos(np.radians(min(abs(lat) + r_lat * CELL_DEG, 89.9)))), 1e-3)
+        r_lon = int(np.ceil(limit / (_M_PER_DEG * cos * CELL_DEG))) + 1
+        ci, cj = int(np.floor(lat / CELL_DEG)), int(np.floor(lon / CELL_DEG))
+        near = [i for di in range(-r_lat, r_lat + 1) for dj in range(-r_lon, r_lon + 1)
+                for i in grid.get((cls, date, ci + di, cj + dj), ())]
         best = -1
-        if members:
-            lons = np.array([sites[i].lon for i in members])
-            lats = np.array([sites[i].lat for i in members])
-            dist = ground_distance_m(lons, lats, np.full(len(members), lon), np.full(len(members), lat))
+        if near:
+            lons = np.array([sites[i].lon for i in near])
+            lats = np.array([sites[i].lat for i in near])
+            dist = ground_distance_m(lons, lats, np.full(len(near), lon), np.full(len(near), lat))
             k = int(np.argmin(dist))
-            limit = distances.get(cls, DEFAULT_SITE_DISTANCE_M.get(cls.lower(), FALLBACK_SITE_DISTANCE_M))
             if dist[k] <= limit:
-                best = members[k]
+                best = near[k]
         if best < 0:
-            sites.append(SitePoint(cls, key[1], lon, lat, 1))
+            sites.append(SitePoint(cls, date, lon, lat, 1))
             best = len(sites) - 1
-            members.append(best)
+            grid.setdefault(cell(sites[best]), []).append(best)
         else:
+            before = cell(sites[best])
             sites[best].join(lon, lat)
+            after = cell(sites[best])
+            if after != before:
+                grid[before].remove(best)
+                grid.setdefault(after, []).append(best)
         out.append(best)
     return out

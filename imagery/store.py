@@ -36,7 +36,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import shapely
 from shapely.geometry import Point, Polygon
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 STORE_NAME = "candidates.gpkg"
 #: Review statuses; every site starts ``unreviewed``.
 STATUSES = ("unreviewed", "confirmed", "rejected", "unsure")
+#: Column constraint: the database itself refuses a status not in :data:`STATUSES` (e.g. typed in QGIS).
+_STATUS_CHECK = "CHECK (status IN ('unreviewed', 'confirmed', 'rejected', 'unsure'))"
 #: Version of the store's tables (``sitewatch`` table).
 SCHEMA_VERSION = 1
 #: Seconds a writer waits for another writer (or a reader) before giving up.
@@ -78,7 +80,7 @@ _DETECTION_COLUMNS = (
 _SITE_COLUMNS = (
     "site_id TEXT NOT NULL UNIQUE", "class TEXT NOT NULL", "date DATE", "first_seen DATE", "last_seen DATE",
     "scenes TEXT NOT NULL", "n_detections INTEGER NOT NULL", "max_score DOUBLE NOT NULL", "mean_score DOUBLE NOT NULL",
-    "lon DOUBLE NOT NULL", "lat DOUBLE NOT NULL", "status TEXT NOT NULL DEFAULT 'unreviewed'", "reviewer TEXT",
+    "lon DOUBLE NOT NULL", "lat DOUBLE NOT NULL", f"status TEXT NOT NULL DEFAULT 'unreviewed' {_STATUS_CHECK}", "reviewer TEXT",
     "reviewed_at DATETIME", "note TEXT", "created_run TEXT",
 )
 _EXTRA_SCHEMA = (
@@ -333,7 +335,7 @@ class CandidateStore:
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise OutputError(
-                    f"{self.path}: busy with another writer for more than {self.timeout:g} s; try again"
+                    f"{self.path}: locked by another writer (waited up to {self.timeout:g} s); try again"
                 ) from None
             raise
         finally:
@@ -416,7 +418,8 @@ class CandidateStore:
         earlier = con.execute("SELECT site_distance FROM runs ORDER BY fid DESC LIMIT 1").fetchone()
         classes = sorted({d.cls for d in detections} | set(run.record.get("model", {}).get("spec", {}).get("classes", [])))
         distances = site_distances(classes, site_distance, json.loads(earlier[0]) if earlier else None)
-        run_id = f"run-{con.execute('SELECT count(*) FROM runs').fetchone()[0] + 1:03d}"
+        n_runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        run_id = f"run-{n_runs + 1:03d}"
         now = now_iso()
 
         # Existing sites of the classes involved, then the grouping.
@@ -424,7 +427,7 @@ class CandidateStore:
         site_ids: list[str] = []
         involved = sorted({d.cls for d in detections})
         for sid, cls, date, lon, lat, n in con.execute(
-            f"SELECT site_id, class, date, lon, lat, n_detections FROM sites WHERE class IN ({','.join('?' * len(involved))}) "
+            f"SELECT site_id, class, date, lon, lat, n_detections FROM sites WHERE class IN ({_marks(involved)}) "  # noqa: S608
             "ORDER BY fid", involved,
         ):
             points.append(SitePoint(cls, date, lon, lat, n))
@@ -448,8 +451,9 @@ class CandidateStore:
                 d.cls, float(d.score), d.lon, d.lat, run_id, run.model, run.model_version, site_ids[i],
                 run.finished_at, *box,
             ))
-        con.executemany(f"INSERT INTO detections (fid, geom, {', '.join(c.split()[0] for c in _DETECTION_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * (len(_DETECTION_COLUMNS) + 2))})", rows)
+        columns = ", ".join(c.split()[0] for c in _DETECTION_COLUMNS)
+        con.executemany(f"INSERT INTO detections (fid, geom, {columns}) VALUES ({_marks(rows[0]) if rows else '?'})",  # noqa: S608
+                        rows)
         touched = sorted(set(which))
         for i in touched:
             _refresh_site(con, site_ids[i], points[i].cls, points[i].date, run_id, new=i >= n_existing)
@@ -476,6 +480,15 @@ class CandidateStore:
         new = tuple(site_ids[i] for i in touched if i >= n_existing)
         updated = tuple(site_ids[i] for i in touched if i < n_existing)
         return AddedRun(run_id, len(detections), new, updated, distances)
+
+    def check_new_scenes(self, scenes: Sequence[_NamedScene]) -> None:
+        """Refuse scenes (anything with ``name`` and ``source``) already in the store, before any work.
+
+        Raises:
+            InputError: a scene of the same source path or the same name is in the store.
+        """
+        with self.read() as con:
+            _check_new_scenes(con, self.path, scenes)
 
     def review(self, site_id: str, status: str, reviewer: str, note: str = "",
                con: sqlite3.Connection | None = None) -> Review:
@@ -539,17 +552,17 @@ class CandidateStore:
             statuses = [status] if isinstance(status, str) else list(status)
             for s in statuses:
                 check_status(s)
-            where.append(f"s.status IN ({','.join('?' * len(statuses))})")
+            where.append(f"s.status IN ({_marks(statuses)})")
             args += statuses
         if cls is not None:
             classes = [cls] if isinstance(cls, str) else list(cls)
-            where.append(f"s.class IN ({','.join('?' * len(classes))})")
+            where.append(f"s.class IN ({_marks(classes)})")
             args += classes
         if date is not None:
             where.append("s.date = ?")
             args.append(date)
         if in_sample:
-            where.append(f"s.site_id IN (SELECT site_id FROM sample WHERE {_CURRENT_DRAW})")
+            where.append(f"s.site_id IN (SELECT site_id FROM sample WHERE {_CURRENT_DRAW})")  # noqa: S608
         if min_score is not None:
             where.append("s.max_score >= ?")
             args.append(min_score)
@@ -557,9 +570,10 @@ class CandidateStore:
             where.append("s.lon BETWEEN ? AND ? AND s.lat BETWEEN ? AND ?")
             args += [bbox[0], bbox[2], bbox[1], bbox[3]]
         if site_ids is not None:
-            where.append(f"s.site_id IN ({','.join('?' * len(site_ids))})")
+            where.append(f"s.site_id IN ({_marks(site_ids)})")
             args += list(site_ids)
-        sql = (f"SELECT {_SITE_SELECT}, f.geom FROM sites s LEFT JOIN site_footprints f ON f.site_id = s.site_id "
+        # Only fixed SQL fragments are joined here; every value is a bound parameter.
+        sql = (f"SELECT {_SITE_SELECT}, f.geom FROM sites s LEFT JOIN site_footprints f ON f.site_id = s.site_id "  # noqa: S608
                f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY s.fid")
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -598,7 +612,7 @@ class CandidateStore:
         if scene is not None:
             where.append("scene = ?")
             args.append(scene)
-        sql = ("SELECT det_id, scene, scene_source, acquired, class, score, lon, lat, run_id, model, model_version, "
+        sql = ("SELECT det_id, scene, scene_source, acquired, class, score, lon, lat, run_id, model, model_version, "  # noqa: S608
                "site_id, detected_at, px_x0, px_y0, px_x1, px_y1, geom FROM detections "
                f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY fid")
         out = []
@@ -624,7 +638,7 @@ class CandidateStore:
 
     def sample(self, cls: str | None = None, con: sqlite3.Connection | None = None) -> list[SampleMember]:
         """The current review sample (the latest draw of each class), by class and stratum."""
-        sql = f"SELECT draw_id, site_id, class, stratum, drawn_at, seed FROM sample WHERE {_CURRENT_DRAW}"
+        sql = f"SELECT draw_id, site_id, class, stratum, drawn_at, seed FROM sample WHERE {_CURRENT_DRAW}"  # noqa: S608
         args: list[Any] = []
         if cls is not None:
             sql += " AND class = ?"
@@ -670,6 +684,11 @@ def _site(row: Sequence[Any]) -> Site:
     return Site(*row[:7], tuple(json.loads(row[7])), *row[8:15], footprint=read_geometry(row[15]))  # type: ignore[arg-type]
 
 
+def _marks(values: Sequence[Any]) -> str:
+    """``?, ?, ?``: one placeholder per value."""
+    return ", ".join("?" * len(values))
+
+
 def _tables(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -679,7 +698,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
     add_features_table(con, "sites", "POINT", _SITE_COLUMNS, "sitewatch sites (mean detection centre) and current review")
     add_features_table(con, "site_footprints", "POLYGON", ("site_id TEXT NOT NULL UNIQUE", "class TEXT NOT NULL"),
                        "sitewatch site footprints (hull of the detection boxes)")
-    add_attributes_table(con, "reviews", ("site_id TEXT NOT NULL", "status TEXT NOT NULL", "reviewer TEXT NOT NULL",
+    add_attributes_table(con, "reviews", ("site_id TEXT NOT NULL", f"status TEXT NOT NULL {_STATUS_CHECK}", "reviewer TEXT NOT NULL",
                                           "note TEXT", "time DATETIME NOT NULL"),
                          "append-only review log", pk="review_id")
     add_attributes_table(con, "scenes", (
@@ -703,7 +722,12 @@ def _create_layers(con: sqlite3.Connection) -> None:
         con.execute(statement)
 
 
-def _check_new_scenes(con: sqlite3.Connection, path: Path, scenes: Sequence[SceneInfo]) -> None:
+class _NamedScene(Protocol):
+    name: str
+    source: str
+
+
+def _check_new_scenes(con: sqlite3.Connection, path: Path, scenes: Sequence[_NamedScene]) -> None:
     """Refuse scenes already in the store: same name, or same source file or directory."""
     rows = con.execute("SELECT scene, source, run_id FROM scenes").fetchall()
     by_name = {r[0]: r for r in rows}

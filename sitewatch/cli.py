@@ -1,7 +1,8 @@
 """The ``sitewatch`` command: a thin layer over the library API.
 
 Errors a user can cause print one line on stderr and exit non-zero:
-2 bad flag or value, 3 bad input file, 4 model problem, 5 output problem,
+2 bad flag or value (also an unknown site id), 3 bad input file (also a missing run
+directory or one without a candidate store), 4 model problem, 5 output problem,
 6 some scenes failed (the others' results were written), 130 interrupted.
 """
 
@@ -76,18 +77,25 @@ def cli() -> None:
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786); local threads if omitted.")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
+@click.option("--append", is_flag=True,
+              help="Add the scenes to the run in --out, keeping its sites and reviews (a new run if there is none).")
+@click.option("--site-distance", multiple=True, metavar="CLASS=METRES",
+              help="Detections this close form one site, e.g. kiln=100 [default: kiln=100, vessel=50, "
+                   "or the values of the run appended to].")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, tta: bool | None, overwrite: bool) -> None:
-    """Detect objects in scenes and write detections.geojson, run.json and map.html.
+           scheduler: str | None, tta: bool | None, overwrite: bool, append: bool, site_distance: tuple[str, ...]) -> None:
+    """Detect objects in scenes and write candidates.gpkg, detections.geojson, run.json, map.html and quicklooks/.
 
     \b
     INPUT is a raster file (GeoTIFF/COG, any band count) or a directory of
     single-band files on one grid (Sentinel-2 style: band names such as B02 in the
     file names), which counts as one scene.
+    With --append, a scene already in the run is refused.
     """
     from imagery.pipeline import DetectSettings
     from imagery.pipeline import detect as run_detect
+    from imagery.sites import parse_site_distances
 
     settings = DetectSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
@@ -95,11 +103,13 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     progress = _Progress(sys.stderr.isatty())
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,
-                             on_tiles=progress.tiles, on_plan=progress.plan)
+                             on_tiles=progress.tiles, on_plan=progress.plan, append=append,
+                             site_distance=parse_site_distances(site_distance))
     finally:
         progress.close()
     counts = ", ".join(f"{n} {c}" for c, n in summary.counts().items())
     click.echo(f"{out}: {counts} in {len(summary.results)} scene(s); open {out / 'map.html'}")
+    _echo_sites(out)
     for r in summary.failed_scenes:
         click.echo(f"sitewatch: error: scene failed: {r.errors[0] if r.errors else r.scene.source}", err=True)
     if summary.failed_scenes:
@@ -344,6 +354,205 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
                    err=True)
     if failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _echo_sites(run_dir: Path) -> None:
+    """One line: sites per class in the run directory's store and how many are reviewed."""
+    from imagery.store import CandidateStore
+
+    counts = CandidateStore.in_run_dir(run_dir).counts()
+    parts = [f"{c['sites']} {cls} ({c['sites'] - c['unreviewed']} reviewed)" for cls, c in sorted(counts.items())]
+    click.echo(f"sites: {', '.join(parts) or 'none'} in {run_dir / 'candidates.gpkg'}")
+
+
+_STATUS = click.Choice(["unreviewed", "confirmed", "rejected", "unsure"])
+_RUN_DIR = click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
+
+
+@cli.command()
+@_RUN_DIR
+@click.option("--status", "statuses", multiple=True, type=_STATUS, help="Only sites with this review status (repeat for several).")
+@click.option("--class", "classes", multiple=True, help="Only sites of this class (repeat for several).")
+@click.option("--sample", "in_sample", is_flag=True, help="Only sites in the review sample of `sitewatch estimate`.")
+@click.option("--limit", type=int, default=None, help="Show at most this many sites.")
+def sites(run_dir: Path, statuses: tuple[str, ...], classes: tuple[str, ...], in_sample: bool, limit: int | None) -> None:
+    """List the sites of a run directory's candidate store: id, class, status, date, detections, score, lon/lat."""
+    from imagery.store import CandidateStore
+
+    store = CandidateStore.in_run_dir(run_dir)
+    found = store.sites(status=statuses or None, cls=classes or None, in_sample=in_sample, limit=limit)
+    for s in found:
+        click.echo(f"{s.site_id}  {s.cls}  {s.status:10}  {s.date or s.first_seen or '-':10}  n={s.n_detections:<3d} "
+                   f"max={s.max_score:.3f}  {s.lon:.6f},{s.lat:.6f}")
+    click.echo(f"{len(found)} site(s)")
+
+
+def _record_review(run_dir: Path, site_id: str, status: str, reviewer: str | None, note: str) -> None:
+    """Record one review decision for a site (appended to the store's review log)."""
+    import getpass
+
+    from imagery.errors import UsageError
+    from imagery.store import CandidateStore
+
+    if reviewer is None:
+        try:
+            reviewer = getpass.getuser()
+        except (KeyError, OSError):
+            raise UsageError("--reviewer: cannot tell who you are; give --reviewer NAME") from None
+    r = CandidateStore.in_run_dir(run_dir).review(site_id, status, reviewer, note)
+    click.echo(f"{r.site_id}: {r.status} by {r.reviewer} at {r.time} (review {r.review_id})")
+
+
+@cli.command()
+@_RUN_DIR
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "gpkg", "csv"]), default=None,
+              help="File format [default: from the --out suffix].")
+@click.option("--status", "statuses", multiple=True, type=_STATUS,
+              help="Only sites with this review status (repeat for several) [default: all].")
+@click.option("--class", "classes", multiple=True, help="Only sites of this class (repeat for several) [default: all].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def export(run_dir: Path, out: Path, fmt: str | None, statuses: tuple[str, ...], classes: tuple[str, ...],
+           overwrite: bool) -> None:
+    """Write sites and their reviews as GeoJSON (RFC 7946), GeoPackage or CSV.
+
+    \b
+    GeoJSON and GeoPackage hold each site's footprint polygon; CSV its lon/lat. A
+    GeoJSON export is ready as --labels for `sitewatch train`: confirmed sites are
+    objects, rejected ones hard negatives.
+    sitewatch export runs/brick --status confirmed --status rejected --out labels.geojson
+    """
+    from imagery.export import export_sites
+    from imagery.store import CandidateStore
+
+    n = export_sites(CandidateStore.in_run_dir(run_dir), out, fmt=fmt, statuses=statuses or None,
+                     classes=classes or None, overwrite=overwrite)
+    click.echo(f"{out}: {n} site(s)")
+
+
+def _per_class(values: tuple[str, ...], flag: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for v in values:
+        cls, sep, number = v.rpartition("=")
+        try:
+            out[cls.strip() if sep else "*"] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: write a number, or CLASS=NUMBER", param_hint=flag) from None
+    return out
+
+
+@cli.command()
+@_RUN_DIR
+@click.option("--sample", "sample_size", type=int, default=None,
+              help="Draw a stratified random sample of this many sites per class to review.")
+@click.option("--strata", type=int, default=4, show_default=True, help="Score strata per class of a new sample.")
+@click.option("--seed", type=int, default=None, help="Seed of a new sample [default: random, recorded].")
+@click.option("--class", "classes", multiple=True, help="Draw a sample for this class only (repeat for several).")
+@click.option("--redraw", is_flag=True, help="Replace an existing sample (its reviews are kept).")
+@click.option("--recall", multiple=True, metavar="[CLASS=]R",
+              help="Detector recall (from `sitewatch evaluate`) to include the sites it missed.")
+@click.option("--recall-se", multiple=True, metavar="[CLASS=]SE", help="Standard error of --recall [default: 0].")
+def estimate(run_dir: Path, sample_size: int | None, strata: int, seed: int | None, classes: tuple[str, ...],
+             redraw: bool, recall: tuple[str, ...], recall_se: tuple[str, ...]) -> None:
+    """Estimate the number of real sites per class with a 95% interval, from a reviewed random sample.
+
+    \b
+    1. sitewatch estimate DIR --sample 50     draw 50 sites per class, stratified by score
+    2. review them (sitewatch review, or the review page: filter "sample")
+    3. sitewatch estimate DIR                 the estimate; also written to DIR/estimate.json
+    It counts real sites among the candidates; --recall R (with --recall-se) also
+    counts the sites the detector missed. The README describes the method.
+    """
+    from imagery.estimate import draw_sample, write_estimate
+    from imagery.estimate import estimate as run_estimate
+    from imagery.store import CandidateStore
+
+    store = CandidateStore.in_run_dir(run_dir)
+    if sample_size is not None:
+        for d in draw_sample(store, sample_size, strata=strata, seed=seed, classes=classes or None, redraw=redraw):
+            click.echo(f"{d.cls}: sampled {sum(d.sample)} of {d.candidates} sites in {len(d.sizes)} score strata "
+                       f"(seed {d.seed}); {sum(d.sample) - d.already_reviewed} to review")
+        click.echo(f"review them: sitewatch review {run_dir} --sample (the review page), or sitewatch review {run_dir} "
+                   f"--site ID --status confirmed|rejected (list them: sitewatch sites {run_dir} --sample); "
+                   f"then run sitewatch estimate {run_dir}")
+        return
+    estimates = run_estimate(store, recall=_per_class(recall, "--recall"), recall_se=_per_class(recall_se, "--recall-se"))
+    click.echo(f"{'class':8} {'candidates':>10} {'sample':>6} {'conf':>5} {'rej':>5} {'unsure':>6} {'todo':>5}  "
+               f"{'real sites':>10}  {'95% interval':>17}  {'precision':>9}")
+    for e in estimates:
+        c = {k: sum(getattr(s, k) for s in e.strata) for k in ("sample", "confirmed", "rejected", "unsure", "unreviewed")}
+        head = (f"{e.cls:8} {e.candidates:10d} {c['sample']:6d} {c['confirmed']:5d} {c['rejected']:5d} "
+                f"{c['unsure']:6d} {c['unreviewed']:5d}")
+        if e.estimate is None:
+            click.echo(f"{head}  {e.problem}")
+            continue
+        click.echo(f"{head}  {e.estimate:10.1f}  [{e.low:7.1f}, {e.high:7.1f}]  {e.precision:9.2f}")
+        if c["unsure"]:
+            click.echo(f"{'':8} unsure counted as real: {e.unsure_as_real:.1f}; as not real: {e.unsure_as_not_real:.1f}")
+        if e.with_missed:
+            m = e.with_missed
+            click.echo(f"{'':8} with the sites the detector missed (recall {e.recall:.2f} +- {e.recall_se:.2f}): "
+                       f"{m['estimate']:.1f} [{m['low']:.1f}, {m['high']:.1f}]")
+        if e.added_since_draw:
+            click.echo(f"{'':8} {e.added_since_draw} site(s) added since the sample was drawn are not covered; "
+                       "draw a new sample (--sample N --redraw) to include them")
+    click.echo("real sites = estimated number of candidate sites that are real; sites the detector missed are "
+               "not counted" + (" (except in the recall line)" if recall else ""))
+    click.echo(f"wrote {write_estimate(Path(run_dir), estimates)}")
+
+
+@cli.command("review")
+@click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets other machines read and change reviews.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--sample", is_flag=True, help="Open on the random sample drawn by `sitewatch estimate DIR --sample N`.")
+@click.option("--site", "site_id", default=None, help="Record one decision without the page: the site id (with --status).")
+@click.option("--status", type=click.Choice(["unreviewed", "confirmed", "rejected", "unsure"]), default=None,
+              help="With --site: the decision.")
+@click.option("--reviewer", default=None, help="With --site: who decides [default: your login name].")
+@click.option("--note", default="", help="With --site: a note kept with the decision.")
+def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str | None, status: str | None,
+                reviewer: str | None, note: str) -> None:
+    """Review a run's sites in the browser: serve the review page at http://127.0.0.1:8765/ until Ctrl-C.
+
+    \b
+    A map of the sites over the scenes' quick-looks, a list to sort and filter, an image chip
+    of the selected site; y confirm, n reject, u unsure, arrows next/previous. Decisions are
+    saved at once in DIR/candidates.gpkg. The page's JSON API is in the README.
+    sitewatch review runs/brick                     # then open the printed URL
+    sitewatch review runs/brick --sample            # the sample of sitewatch estimate
+    sitewatch review runs/brick --site kiln-000012 --status confirmed --note "chimney"
+    """
+    import signal
+
+    from imagery.review import is_loopback, make_server
+
+    if site_id is not None or status is not None:  # one decision from the command line
+        if site_id is None or status is None:
+            raise click.UsageError("--site and --status go together (or give neither to open the review page)")
+        _record_review(run_dir, site_id, status, reviewer, note)
+        return
+    server = make_server(run_dir, host, port, sample=sample,
+                         log=lambda line: click.echo(f"sitewatch review: {line}", err=True))
+    if not is_loopback(host):
+        click.echo(f"sitewatch: warning: listening on {host}: anyone who can reach this machine on port "
+                   f"{server.server_address[1]} can read and change the reviews", err=True)
+    summary = server.app.summary()
+    what = f"the sample ({summary['sample']['sites']} sites)" if sample else f"{summary['sites']} sites"
+    click.echo(f"review {what} of {run_dir}: open {server.url} (Ctrl-C to stop)")
+
+    def _stop(signum: int, frame: object) -> None:  # `kill` stops it as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("sitewatch review: stopped; every decision is saved", err=True)
+    finally:
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> None:

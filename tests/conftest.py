@@ -86,3 +86,35 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, spec, model)
     return path
+
+
+AddScene = Callable[..., object]
+
+
+@pytest.fixture
+def add_scene() -> AddScene:
+    """Factory: ``add_scene(store, name, [(cls, lon, lat, score), ...], acquired=None, half_m=15.0)``.
+
+    Adds one scene (its own run) with square detection boxes of ``2 * half_m`` metres around
+    each centre to a :class:`imagery.store.CandidateStore`, without running a detector;
+    returns the :class:`imagery.store.AddedRun`. ``site_distance=`` is passed through.
+    """
+    from imagery.store import Detection, RunInfo, SceneInfo
+
+    def add(store, name, dets, acquired=None, half_m=15.0, site_distance=None):
+        detections = []
+        for cls, lon, lat, score in dets:
+            dlon = half_m / (111_195.0 * np.cos(np.radians(lat)))
+            dlat = half_m / 111_195.0
+            ring = ((lon - dlon, lat - dlat), (lon + dlon, lat - dlat), (lon + dlon, lat + dlat),
+                    (lon - dlon, lat + dlat), (lon - dlon, lat - dlat))
+            detections.append(Detection(name, cls, score, lon, lat, ring))
+        lons = [d.lon for d in detections] or [0.0]
+        lats = [d.lat for d in detections] or [0.0]
+        scene = SceneInfo(name, f"/data/{name}.tif", acquired, 100, 100,
+                          (min(lons) - 0.01, min(lats) - 0.01, max(lons) + 0.01, max(lats) + 0.01))
+        run = RunInfo("2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z", "test", "1",
+                      {"model": {"spec": {"classes": ["vessel", "kiln"]}}})
+        return store.add_detections(run, [scene], detections, site_distance=site_distance)
+
+    return add

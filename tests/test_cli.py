@@ -308,7 +308,8 @@ def good(runs) -> tuple[Case, dict[str, Any], dict[str, Any]]:
 def test_successful_run_writes_outputs_quietly(good):
     case, _, _ = good
     out = case.parent / "run"
-    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "map.html", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["candidates.gpkg", "detections.geojson", "map.html", "quicklooks",
+                                                     "run.json"]
     assert "<html" in (out / "map.html").read_text().lower()
     assert case.proc is not None and case.proc.stderr == ""
     assert str(out) in case.proc.stdout and "vessel" in case.proc.stdout

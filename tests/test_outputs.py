@@ -18,7 +18,7 @@ def _hidden(parent: Path) -> list[str]:
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def _old_results(out: Path) -> dict[str, bytes]:
@@ -40,9 +40,20 @@ def test_empty_directory_is_accepted(tmp_path):
     check_out_dir(tmp_path, overwrite=False)
 
 
-def test_missing_parent_is_refused(tmp_path):
-    with pytest.raises(OutputError, match="parent directory") as info:
-        check_out_dir(tmp_path / "no" / "run1", overwrite=False)
+def test_missing_parents_are_created_when_outputs_are_written(tmp_path):
+    out = tmp_path / "no" / "run1"
+    check_out_dir(out, overwrite=False)
+    assert not (tmp_path / "no").exists()  # checking creates nothing
+    staging = Staging(out)
+    staging.write_json("run.json", {})
+    staging.commit(["run.json"])
+    assert (out / "run.json").is_file()
+
+
+def test_a_file_as_parent_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="parent path is a file") as info:
+        check_out_dir(tmp_path / "afile" / "run1", overwrite=False)
     assert "--out" in str(info.value)
 
 
@@ -91,7 +102,7 @@ def test_staging_is_hidden_beside_out_and_commit_moves_files(tmp_path):
 
     staging.commit(["detections.geojson", "map.html", "run.json"])
 
-    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "map.html", "run.json"]
     assert json.loads((out / "run.json").read_text()) == {"a": 1}
     assert _hidden(tmp_path) == []
 
@@ -109,7 +120,7 @@ def test_commit_puts_run_json_last(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(imagery.outputs.os, "replace", spy)
-    staging.commit(["run.json", "detections.geojson", "map.html"])  # run.json named first on purpose
+    staging.commit(["run.json", *(n for n in RESULT_FILES if n != "run.json")])  # run.json named first on purpose
     assert moved[-1] == "run.json"
     assert sorted(moved) == sorted(RESULT_FILES)
 
@@ -152,6 +163,29 @@ def test_failing_commit_leaves_no_stale_run_json(tmp_path):
         staging.commit(["detections.geojson", "map.html", "run.json"])
     assert not (out / "run.json").exists()
     assert _hidden(tmp_path) == []
+
+
+def test_commit_creates_subdirectories(tmp_path):
+    out = tmp_path / "run1"
+    staging = Staging(out)
+    staging.write_bytes("quicklooks/a.png", b"png")
+    staging.write_text("run.json", "{}")
+    staging.commit(["quicklooks/a.png", "run.json"])
+    assert (out / "quicklooks" / "a.png").read_bytes() == b"png" and _hidden(tmp_path) == []
+
+
+def test_append_needs_a_store_and_excludes_overwrite(tmp_path):
+    from imagery.errors import UsageError
+
+    check_out_dir(tmp_path / "new", overwrite=False, append=True)  # no earlier run: a new one
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(OutputError, match="without a candidate store"):
+        check_out_dir(tmp_path, overwrite=False, append=True)
+    (tmp_path / "candidates.gpkg").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    check_out_dir(tmp_path, overwrite=False, append=True)
+    with pytest.raises(UsageError, match="choose one"):
+        check_out_dir(tmp_path, overwrite=True, append=True)
 
 
 def test_staging_in_missing_parent_is_an_output_error(tmp_path):

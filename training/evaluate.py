@@ -489,9 +489,8 @@ def check_eval_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
     if not out.exists():
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir():
-            raise OutputError(f"--out {out}: parent directory {parent} does not exist; create it first")
+        if any(p.exists() and not p.is_dir() for p in out.parents):
+            raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
         return
     ours = (*EVAL_FILES, DETECTIONS_DIR)
     present = [f for f in ours if (out / f).exists()]
@@ -570,7 +569,7 @@ def run_evaluation(
     label_set = read_labels([Path(x) for x in labels_paths], list(p.scenes), options)
 
     created = not out.exists()
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     detect_threshold = min(AP_SCORE_FLOOR, threshold)
     try:
         summary = detect(inputs, model, out / DETECTIONS_DIR, replace(ds, score_threshold=detect_threshold),

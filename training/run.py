@@ -176,9 +176,8 @@ def check_model_out(out: Path, overwrite: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
     if not out.exists():
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.exists():
-            raise OutputError(f"--out {out}: parent directory {parent} does not exist; create it first")
+        if any(p.exists() and not p.is_dir() for p in out.parents):
+            raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
         if resume:
             raise UsageError(f"--resume: {out} does not exist; nothing to resume")
         return
@@ -281,7 +280,8 @@ def _card(cfg: Config, spec: ModelSpec, res: dict[str, Any]) -> str:
 * **Architecture:** `{m.arch}` {dict(m.arch_params)}; trained from scratch by `sitewatch train`
   (no pretrained weights).
 * **Normalisation:** {m.normalisation.method} {m.normalisation.model_dump()}.
-* **Data:** {res['labels']['positives']} labelled objects in {len(res['scenes'])} scenes; label files:
+* **Data:** {res['labels']['positives']} labelled objects and {res['labels'].get('negatives', 0)} known non-objects
+  (rejected candidates) in {len(res['scenes'])} scenes; label files:
   {", ".join(f"`{p}`" for p in res['label_files'])}; {res['problems']} label problems skipped.
 {scenes}
 * **Split:** {res['split']}.
@@ -460,7 +460,8 @@ def run_training(
     spec = _spec(cfg, float(threshold), created)
     roles = ["validation" if r.all_val else ("train + validation blocks" if r.blocks is not None else "train") for r in regions]
     split = ("none" if not any(r.any_val for r in regions) else
-             f"{cfg.split.method} (validation: {', '.join(t.scene.name for t, r in zip(truth, regions, strict=True) if r.any_val)})")
+             ("spatial blocks of " + f"{cfg.split.block_m:g} m" if any(r.blocks is not None for r in regions) else "whole scenes")
+             + f" (validation: {', '.join(t.scene.name for t, r in zip(truth, regions, strict=True) if r.any_val)})")
     res = {
         "epochs": epoch, "best_epoch": best["epoch"], "minutes": minutes, "device": str(device), "validation": best["validation"],
         "match": f"IoU >= {cfg.evaluate.iou:g}" if cfg.evaluate.primary == "iou" else f"centre distance <= {cfg.evaluate.distance_m:g} m",

@@ -1,0 +1,218 @@
+"""The candidate store: a GeoPackage GDAL reads, the review log, and concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from pyogrio.raw import read as ogr_read
+
+from imagery.errors import InputError, NotFoundError, UsageError
+from imagery.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
+from imagery.store import STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
+
+LON0, LAT0 = 88.40, 22.60
+STEP = 0.01  # ~1 km between test sites
+
+
+def _filled(tmp_path: Path, add_scene) -> CandidateStore:
+    """A store with 2 scenes: 3 kiln sites (one seen twice) and 3 vessel sites."""
+    store = CandidateStore.create(tmp_path / "candidates.gpkg")
+    add_scene(store, "s1", [("kiln", LON0 + i * STEP, LAT0, 0.5 + 0.1 * i) for i in range(3)]
+              + [("vessel", LON0, LAT0 + 0.05, 0.9)], acquired="2024-01-05")
+    add_scene(store, "s2", [("kiln", LON0, LAT0, 0.7), ("vessel", LON0, LAT0 + 0.05, 0.8),
+                            ("vessel", LON0 + STEP, LAT0 + 0.05, 0.6)], acquired="2024-02-10")
+    return store
+
+
+# --- the GeoPackage as GDAL sees it ------------------------------------------------------------
+
+
+def test_gdal_reads_the_layers_with_their_geometry_crs_and_rows(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    store.review("kiln-000001", "confirmed", "ana")
+    layers = dict(pyogrio.list_layers(store.path))
+    assert {k: layers[k] for k in ("detections", "sites", "site_footprints", "reviews")} == {
+        "detections": "Polygon", "sites": "Point", "site_footprints": "Polygon", "reviews": None}
+    expected_rows = {"detections": 7, "sites": 6, "site_footprints": 6, "reviews": 1, "scenes": 2, "runs": 2}
+    for layer, rows in expected_rows.items():
+        info = pyogrio.read_info(store.path, layer=layer)
+        assert info["features"] == rows, layer
+        if layers[layer] is not None:
+            assert info["crs"] == "EPSG:4326", layer
+    fields = set(pyogrio.read_info(store.path, layer="sites")["fields"])
+    assert {"site_id", "class", "date", "first_seen", "last_seen", "scenes", "n_detections", "max_score",
+            "mean_score", "status", "reviewer", "reviewed_at", "note"} <= fields
+    fields = set(pyogrio.read_info(store.path, layer="detections")["fields"])
+    assert {"det_id", "scene", "scene_source", "acquired", "class", "score", "lon", "lat", "run_id", "model",
+            "model_version", "site_id"} <= fields
+    assert set(pyogrio.read_info(store.path, layer="reviews")["fields"]) == {"site_id", "status", "reviewer", "note",
+                                                                              "time"}
+    # Geometries and attributes as GDAL decodes them: points at the mean detection centre.
+    meta, _, geoms, values = ogr_read(store.path, layer="sites")
+    cols = dict(zip(meta["fields"], values, strict=True))
+    points = shapely.from_wkb(geoms)
+    assert np.allclose(shapely.get_x(points), cols["lon"]) and np.allclose(shapely.get_y(points), cols["lat"])
+    k1 = list(cols["site_id"]).index("kiln-000001")
+    assert cols["status"][k1] == "confirmed" and cols["n_detections"][k1] == 2
+    meta, _, geoms, values = ogr_read(store.path, layer="detections")
+    boxes = shapely.from_wkb(geoms)
+    lon, lat = values[list(meta["fields"]).index("lon")], values[list(meta["fields"]).index("lat")]
+    assert shapely.contains_xy(boxes, lon, lat).all()
+
+
+def test_geopackage_header_pragmas_and_srs(tmp_path):
+    store = CandidateStore.create(tmp_path / "c.gpkg")
+    with sqlite3.connect(store.path) as con:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID == 0x47504B47
+        assert con.execute("PRAGMA user_version").fetchone()[0] == USER_VERSION == 10300
+        srs = {r[0]: r[1] for r in con.execute("SELECT srs_id, organization FROM gpkg_spatial_ref_sys")}
+        assert srs == {-1: "NONE", 0: "NONE", 4326: "EPSG"}
+        kinds = dict(con.execute("SELECT table_name, data_type FROM gpkg_contents"))
+        assert kinds["sites"] == "features" and kinds["reviews"] == "attributes"
+    assert not list(tmp_path.glob(".*"))  # built under a temporary name, nothing left over
+
+
+@pytest.mark.parametrize("geom", [shapely.Point(88.4, 22.6), shapely.box(88.4, 22.6, 88.41, 22.61),
+                                  shapely.Polygon()])
+def test_geometry_blobs_round_trip(geom):
+    blob = geometry_blob(geom)
+    assert blob[:2] == b"GP" and int.from_bytes(blob[4:8], "little") == 4326
+    back = read_geometry(blob)
+    assert back is not None and back.equals(geom) if not geom.is_empty else back.is_empty
+
+
+def test_opening_something_that_is_not_a_store(tmp_path):
+    with pytest.raises(InputError, match="no such candidate store"):
+        CandidateStore(tmp_path / "none.gpkg")
+    (tmp_path / "text.gpkg").write_text("hello")
+    with pytest.raises(InputError, match="GeoPackage"):
+        CandidateStore(tmp_path / "text.gpkg")
+    sqlite3.connect(tmp_path / "empty.gpkg").execute("CREATE TABLE t (a)").connection.close()
+    with pytest.raises(InputError, match="not a sitewatch candidate store"):
+        CandidateStore(tmp_path / "empty.gpkg")
+    with pytest.raises(InputError, match="holds no candidates.gpkg"):
+        CandidateStore.in_run_dir(tmp_path)
+    with pytest.raises(InputError, match="no such run directory"):
+        CandidateStore.in_run_dir(tmp_path / "missing")
+
+
+# --- reviews ---------------------------------------------------------------------------------------
+
+
+def test_reviews_are_logged_and_the_site_follows_the_latest(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    r1 = store.review("kiln-000002", "unsure", "ana", "smoke?")
+    r2 = store.review("kiln-000002", "confirmed", "ben", "chimney and stacks")
+    assert r2.review_id == r1.review_id + 1 and r1.time <= r2.time and r2.time.endswith("Z")
+    site = store.site("kiln-000002")
+    assert (site.status, site.reviewer, site.note, site.reviewed_at) == ("confirmed", "ben", "chimney and stacks",
+                                                                         r2.time)
+    assert [r.status for r in store.reviews("kiln-000002")] == ["unsure", "confirmed"]
+    assert store.reviews("kiln-000001") == []
+    assert [s.site_id for s in store.sites(status="confirmed")] == ["kiln-000002"]
+    assert [s.site_id for s in store.sites(status=["unsure", "confirmed"], cls="kiln")] == ["kiln-000002"]
+    assert len(store.sites(status="unreviewed")) == 5
+    counts = store.counts()
+    assert counts["kiln"]["confirmed"] == 1 and counts["kiln"]["sites"] == 3 and counts["vessel"]["detections"] == 3
+
+
+def test_bad_reviews_are_refused_with_a_clear_error(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    with pytest.raises(UsageError, match="'maybe': use one of unreviewed, confirmed, rejected, unsure") as info:
+        store.review("kiln-000001", "maybe", "ana")
+    assert info.value.exit_code == 2
+    with pytest.raises(NotFoundError, match="kiln-000999") as info:
+        store.review("kiln-000999", "confirmed", "ana")
+    assert info.value.exit_code == 2 and isinstance(info.value, KeyError)
+    with pytest.raises(NotFoundError):
+        store.site("nope")
+    with pytest.raises(UsageError, match="reviewer"):
+        store.review("kiln-000001", "confirmed", "  ")
+    with pytest.raises(UsageError):
+        store.sites(status="done")
+    assert store.reviews() == [] and store.site("kiln-000001").status == "unreviewed"
+
+
+def test_the_review_log_is_append_only(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    store.review("kiln-000001", "rejected", "ana")
+    with sqlite3.connect(store.path) as con:
+        for sql in ("UPDATE reviews SET status = 'confirmed'", "DELETE FROM reviews"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                con.execute(sql)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # e.g. a status typed in QGIS
+            con.execute("UPDATE sites SET status = 'maybe'")
+    assert [r.status for r in store.reviews()] == ["rejected"]
+
+
+def test_sites_filters(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    assert [s.site_id for s in store.sites(cls="vessel", date="2024-02-10")] == ["vessel-000002", "vessel-000003"]
+    assert [s.site_id for s in store.sites(min_score=0.69, cls="kiln")] == ["kiln-000001", "kiln-000003"]
+    assert [s.site_id for s in store.sites(bbox=(LON0 + 0.5 * STEP, 0, 90, 22.61))] == ["kiln-000002", "kiln-000003"]
+    assert len(store.sites(limit=2, offset=5)) == 1
+    assert store.sites(in_sample=True) == []
+    props = store.site("kiln-000001").properties()
+    assert props["class"] == "kiln" and props["scenes"] == ["s1", "s2"] and props["first_seen"] == "2024-01-05"
+
+
+# --- concurrent writers: real processes ----------------------------------------------------------
+
+REVIEWERS = 3
+REVIEWS_EACH = 40
+APPEND_SCENES = 4
+
+
+def _reviewer(path: str, name: str, site_ids: list[str], go) -> None:
+    store = CandidateStore(path, timeout=60)
+    go.wait()
+    for i in range(REVIEWS_EACH):
+        store.review(site_ids[i % len(site_ids)], STATUSES[1 + (i % 3)], name, f"{name} {i}")
+
+
+def _appender(path: str, go) -> None:
+    store = CandidateStore(path, timeout=60)
+    run = RunInfo("2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z", "test", "1")
+    go.wait()
+    for k in range(APPEND_SCENES):
+        dets = [Detection(f"new{k}", "kiln", 0.9, LON0 + 0.001 * j, LAT0, ((LON0, LAT0), (LON0 + 1e-4, LAT0),
+                          (LON0 + 1e-4, LAT0 + 1e-4), (LON0, LAT0 + 1e-4), (LON0, LAT0))) for j in range(5)]
+        scene = SceneInfo(f"new{k}", f"/data/new{k}.tif", f"2024-03-0{k + 1}", 10, 10, (88, 22, 89, 23))
+        store.add_detections(run, [scene], dets)
+
+
+def test_concurrent_reviewers_and_an_appending_run_lose_no_update(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    site_ids = [s.site_id for s in store.sites()]
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_reviewer, args=(str(store.path), f"r{k}", site_ids, go)) for k in range(REVIEWERS)]
+    procs.append(ctx.Process(target=_appender, args=(str(store.path), go)))
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let every process import and open the store before they all start writing
+    go.set()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+    log = store.reviews()
+    assert len(log) == REVIEWERS * REVIEWS_EACH
+    for k in range(REVIEWERS):
+        assert sorted(r.note for r in log if r.reviewer == f"r{k}") == sorted(f"r{k} {i}" for i in range(REVIEWS_EACH))
+    assert [r.review_id for r in log] == list(range(1, len(log) + 1))
+    # Every site's current review is the last one logged for it.
+    for s in store.sites(site_ids=site_ids):
+        last = [r for r in log if r.site_id == s.site_id][-1]
+        assert (s.status, s.reviewer, s.note, s.reviewed_at) == (last.status, last.reviewer, last.note, last.time)
+    # ... and the appending run added all its scenes and detections alongside.
+    assert len(store.scenes()) == 2 + APPEND_SCENES and len(store.runs()) == 2 + APPEND_SCENES
+    assert len(store.detections()) == 7 + 5 * APPEND_SCENES
+    assert sum(s.n_detections for s in store.sites()) == len(store.detections())
