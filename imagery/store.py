@@ -452,8 +452,8 @@ class CandidateStore:
                 run.finished_at, *box,
             ))
         columns = ", ".join(c.split()[0] for c in _DETECTION_COLUMNS)
-        con.executemany(f"INSERT INTO detections (fid, geom, {columns}) VALUES ({_marks(rows[0]) if rows else '?'})",  # noqa: S608
-                        rows)
+        if rows:  # an empty executemany still prepares the statement
+            con.executemany(f"INSERT INTO detections (fid, geom, {columns}) VALUES ({_marks(rows[0])})", rows)  # noqa: S608
         touched = sorted(set(which))
         for i in touched:
             _refresh_site(con, site_ids[i], points[i].cls, points[i].date, run_id, new=i >= n_existing)

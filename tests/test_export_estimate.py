@@ -136,8 +136,10 @@ def test_export_is_atomic_and_refuses_to_overwrite(planted, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.geojson"]  # no temporary file left
     with pytest.raises(UsageError, match="--format"):
         export_sites(store, tmp_path / "labels.txt")
-    with pytest.raises(OutputError, match="does not exist"):
-        export_sites(store, tmp_path / "missing" / "x.csv")
+    assert export_sites(store, tmp_path / "new" / "x.csv") == 8  # missing directories are created
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="parent path is a file"):
+        export_sites(store, tmp_path / "afile" / "x.csv")
 
 
 # --- the estimator on numbers --------------------------------------------------------------------

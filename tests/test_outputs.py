@@ -188,9 +188,10 @@ def test_append_needs_a_store_and_excludes_overwrite(tmp_path):
         check_out_dir(tmp_path, overwrite=True, append=True)
 
 
-def test_staging_in_missing_parent_is_an_output_error(tmp_path):
+def test_staging_under_a_file_is_an_output_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
-        Staging(tmp_path / "missing" / "run1")
+        Staging(tmp_path / "afile" / "run1")
 
 
 # --- the whole write path -----------------------------------------------------------------
