@@ -87,6 +87,15 @@ class MapLayer:
         object.__setattr__(self, "bounds_lonlat", tuple(float(v) for v in self.bounds_lonlat))
 
 
+def rgb_bands(band_names: Sequence[str]) -> list[int]:
+    """Indexes of the bands to show as red, green, blue: B04, B03, B02 when all three are
+    there, else the first three bands, else the first band three times (grey)."""
+    upper = [str(b).upper() for b in band_names]
+    if all(b in upper for b in ("B04", "B03", "B02")):
+        return [upper.index("B04"), upper.index("B03"), upper.index("B02")]
+    return [0, 1, 2] if len(upper) >= 3 else [0, 0, 0]
+
+
 def quicklook_rgb(data: np.ndarray, band_names: Sequence[str], *, valid: np.ndarray | None = None) -> np.ndarray:
     """Natural-colour quick-look of normalised bands.
 
@@ -110,14 +119,7 @@ def quicklook_rgb(data: np.ndarray, band_names: Sequence[str], *, valid: np.ndar
         raise UsageError(f"quick-look data must be (bands, h, w), got shape {data.shape}")
     if len(band_names) != data.shape[0]:
         raise UsageError(f"quick-look data has {data.shape[0]} bands but {len(band_names)} band names")
-    upper = [str(b).upper() for b in band_names]
-    if all(b in upper for b in ("B04", "B03", "B02")):
-        idx = [upper.index("B04"), upper.index("B03"), upper.index("B02")]
-    elif len(upper) >= 3:
-        idx = [0, 1, 2]
-    else:
-        idx = [0, 0, 0]
-    rgb = data[idx].astype(np.float32)
+    rgb = data[rgb_bands(band_names)].astype(np.float32)
     mask = np.isfinite(rgb).all(axis=0)
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)

@@ -58,6 +58,7 @@ from shapely.geometry import Polygon, box
 
 from imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
 from imagery.georef import from_lonlat, ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
+from imagery.mapview import rgb_bands
 from imagery.review_page import render_page
 from imagery.scene import BandSource, Scene, SceneReader
 from imagery.store import STATUSES, CandidateStore, Site, StoredDetection
@@ -565,14 +566,7 @@ def chip_rgb(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray) -> 
     into coloured noise): from the :data:`CHIP_STRETCH` low to high percentile of the chip's
     valid pixels. Pixels without data are black.
     """
-    upper = [b.upper() for b in band_names]
-    if all(b in upper for b in ("B04", "B03", "B02")):
-        idx = [upper.index("B04"), upper.index("B03"), upper.index("B02")]
-    elif len(upper) >= 3:
-        idx = [0, 1, 2]
-    else:
-        idx = [0, 0, 0]
-    rgb = data[idx].astype(np.float32)
+    rgb = data[rgb_bands(band_names)].astype(np.float32)
     out = np.zeros((*rgb.shape[1:], 3), dtype=np.uint8)
     if not valid.any():
         return out

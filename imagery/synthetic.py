@@ -182,7 +182,7 @@ def make_scene(
         data[:, :, :nodata_border] = 0
 
     transform = Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1])
-    _write(path, data, crs_wkt, transform, seed)
+    write_scene(path, data, crs_wkt, transform, BANDS, {"SITEWATCH_SYNTHETIC_SEED": str(seed)}, nodata=0)
     return objects
 
 
@@ -457,31 +457,32 @@ def _draw_object(img: np.ndarray, shape: _Shape, cls: str, rng: np.random.Genera
     view += (_KILN_RING[:, None, None] - view) * ring + (_KILN_CENTRE[:, None, None] - view) * inner
 
 
-def _write(path: Path, data: np.ndarray, crs_wkt: str, transform: Affine, seed: int) -> None:
-    """Write ``data`` as a tiled GeoTIFF to a temporary name, then rename it to ``path``."""
+def write_scene(
+    path: Path, data: np.ndarray, crs_wkt: str, transform: Affine, band_names: Sequence[str],
+    tags: dict[str, str], *, nodata: float | None = None, photometric: str | None = None,
+) -> None:
+    """Write ``data`` as a tiled GeoTIFF (DEFLATE, named bands, ``tags``) to a temporary name, then rename it.
+
+    Raises:
+        OutputError: the file cannot be written (names it).
+    """
     count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": "uint16",
-        "crs": crs_wkt,
-        "transform": transform,
-        "nodata": 0,
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "predictor": 2,
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name,
+        "crs": crs_wkt, "transform": transform, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+        "compress": "deflate", "predictor": 2,
     }
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if photometric is not None:
+        profile["photometric"] = photometric
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
-            for i, name in enumerate(BANDS, start=1):
+            for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, name)
-            dst.update_tags(SITEWATCH_SYNTHETIC_SEED=str(seed))
+            dst.update_tags(**tags)
         os.replace(tmp, path)
     except (RasterioError, OSError) as exc:
         raise OutputError(

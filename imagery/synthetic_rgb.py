@@ -17,7 +17,6 @@ per-pixel Python loops), well under a second for 1024x1024 pixels.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,15 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-from rasterio.errors import RasterioError
 
-from imagery.errors import OutputError, UsageError
+from imagery.errors import UsageError
 from imagery.georef import pixel_to_map, to_lonlat
-from imagery.synthetic import _blur121, _segment_coverage, _smooth_field
+from imagery.synthetic import _blur121, _segment_coverage, _smooth_field, write_scene
 
 #: Band order (and descriptions) of every scene.
 BANDS = ("red", "green", "blue")
@@ -240,7 +237,8 @@ def make_rgb_kiln_scene(
     for k in kilns:
         _draw_kiln(rng, img, k, pm, sun, style, fine)
     data = _finish(rng, img, pm)
-    _write(path, data, crs_wkt, transform, seed)
+    write_scene(path, data, crs_wkt, transform, BANDS,
+                {"SITEWATCH_SYNTHETIC_SEED": str(seed), "SITEWATCH_SYNTHETIC": "rgb-kilns"}, photometric="RGB")
     return [k.kiln for k in kilns]
 
 
@@ -1045,36 +1043,3 @@ def _finish(rng: np.random.Generator, img: np.ndarray, pm: float) -> np.ndarray:
     data: np.ndarray = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
     return data
 
-
-def _write(path: Path, data: np.ndarray, crs_wkt: str, transform: Affine, seed: int) -> None:
-    """Write ``data`` as a tiled RGB GeoTIFF to a temporary name, then rename it to ``path``."""
-    count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": "uint8",
-        "crs": crs_wkt,
-        "transform": transform,
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "compress": "deflate",
-        "predictor": 2,
-        "photometric": "RGB",
-    }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            for i, name in enumerate(BANDS, start=1):
-                dst.set_band_description(i, name)
-            dst.update_tags(SITEWATCH_SYNTHETIC_SEED=str(seed), SITEWATCH_SYNTHETIC="rgb-kilns")
-        os.replace(tmp, path)
-    except (RasterioError, OSError) as exc:
-        raise OutputError(
-            f"{path}: cannot write the synthetic scene ({exc}); check the folder exists and is writable"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
