@@ -118,3 +118,19 @@ def add_scene() -> AddScene:
         return store.add_detections(run, [scene], detections, site_distance=site_distance)
 
     return add
+
+
+def make_review_run(base: Path) -> Path:
+    """A real detect run with the shipped demo model on two small synthetic scenes of two dates
+    (for the review page's tests)."""
+    from imagery.pipeline import DetectSettings, detect
+    from imagery.synthetic import make_scene
+
+    scenes = base / "scenes"
+    scenes.mkdir()
+    paths = [scenes / "S2_20240105_coast.tif", scenes / "S2_20240220_coast.tif"]
+    for p in paths:  # the same place twice: kilns stay (sites seen on both dates), vessels are per date
+        make_scene(p, seed=3, width=384, height=384, n_vessels=6, n_kilns=5)
+    run = base / "run"
+    detect(paths, "demo", run, DetectSettings(workers=2))
+    return run

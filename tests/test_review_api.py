@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from conftest import make_review_run
 from PIL import Image
 
 from imagery.review import CHIP_MAX_PX, CHIP_MIN_PX, MAX_BODY, ReviewServer, make_server, uncertainty
@@ -27,24 +28,9 @@ from imagery.store import STATUSES, CandidateStore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_run(base: Path) -> Path:
-    """A real detect run with the shipped demo model on two small synthetic scenes of two dates."""
-    from imagery.pipeline import DetectSettings, detect
-    from imagery.synthetic import make_scene
-
-    scenes = base / "scenes"
-    scenes.mkdir()
-    paths = [scenes / "S2_20240105_coast.tif", scenes / "S2_20240220_coast.tif"]
-    for p in paths:  # the same place twice: kilns stay (sites seen on both dates), vessels are per date
-        make_scene(p, seed=3, width=384, height=384, n_vessels=6, n_kilns=5)
-    run = base / "run"
-    detect(paths, "demo", run, DetectSettings(workers=2))
-    return run
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("review-api"))
+    return make_review_run(tmp_path_factory.mktemp("review-api"))
 
 
 @pytest.fixture(scope="module")

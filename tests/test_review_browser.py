@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_review_run
 
 from imagery.review import ReviewServer, make_server
 from imagery.store import CandidateStore
@@ -26,21 +27,6 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium) "
                 "to run the browser tests", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
-
-
-def make_run(base: Path) -> Path:
-    """A real detect run with the shipped demo model on two small synthetic scenes of two dates."""
-    from imagery.pipeline import DetectSettings, detect
-    from imagery.synthetic import make_scene
-
-    scenes = base / "scenes"
-    scenes.mkdir()
-    paths = [scenes / "S2_20240105_coast.tif", scenes / "S2_20240220_coast.tif"]
-    for p in paths:  # the same place twice: kilns stay (sites seen on both dates), vessels are per date
-        make_scene(p, seed=3, width=384, height=384, n_vessels=6, n_kilns=5)
-    run = base / "run"
-    detect(paths, "demo", run, DetectSettings(workers=2))
-    return run
 
 
 class Served:
@@ -102,7 +88,7 @@ class Page:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("review-browser"))
+    return make_review_run(tmp_path_factory.mktemp("review-browser"))
 
 
 @pytest.fixture(scope="module")
