@@ -52,3 +52,24 @@ def test_detect_finds_labelled_ships_in_a_port(tmp_path: Path) -> None:
     assert len(fc["features"]) == len(d["scores"])
     assert all(abs(f["properties"]["lon"] + 157.9) < 0.2 and abs(f["properties"]["lat"] - 21.3) < 0.2 for f in fc["features"])
     assert np.all(d["scores"] >= summary.plan.settings.score_threshold)
+
+
+def test_train_preset_reads_sen2ships_coco_labels(tmp_path: Path) -> None:
+    """The vessels preset on two real ports: COCO images bind to band directories by name,
+    'ship' maps to 'vessel', and the other ports' images are reported, not silently dropped."""
+    from imagery.checkpoint import load_checkpoint
+    from training.config import load_config, parse_override
+    from training.labels import LabelError
+    from training.run import run_training
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "vessels-sentinel2.yaml"
+    small = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "train.mine_at=[]",
+             "chips.negatives_per_scene=2"]
+    cfg = load_config(config, [parse_override(o) for o in small])
+    images = [str(SHARED / "honolulu"), str(SHARED / "casablanca")]
+    with pytest.raises(LabelError, match="match no scene"):
+        run_training(cfg, images, [str(SHARED / "coco_annotations.json")], tmp_path / "m", workers=2)
+    cfg = load_config(config, [parse_override(o) for o in [*small, "labels.skip_problems=true"]])
+    res = run_training(cfg, images, [str(SHARED / "coco_annotations.json")], tmp_path / "m", workers=2)
+    assert res.label_counts["class:vessel"] == 12 + 15 and res.problems == 230 - 27
+    assert load_checkpoint(tmp_path / "m" / "model.pt").spec.bands == ("B02", "B03", "B04", "B08")
