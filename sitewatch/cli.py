@@ -60,6 +60,10 @@ def cli() -> None:
     \b
     Start with the demo (no data needed):   sitewatch demo --out demo-run
     Then your own scenes:                   sitewatch detect SCENE... --model vessels-s2 --out run1
+    Review the candidates in a browser:     sitewatch review run1
+    Reviewed sites as training labels:      sitewatch export run1 --status confirmed --status rejected --out labels.geojson
+    Train on your labels:                   sitewatch train --config configs/kilns-highres.yaml --images ... --labels ... --out models/m
+    Measure a model on labelled scenes:     sitewatch evaluate --model models/m --labels L SCENE... --out eval1
     """
 
 
