@@ -244,6 +244,12 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
     try:
         res = run_training(cfg, [*images, *more_images], list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
                            resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command)
+    except KeyboardInterrupt:
+        progress.close()
+        saved = (out / "checkpoints" / "last.pt").is_file()
+        click.echo("sitewatch: interrupted; " + ("the last finished epoch is saved: run the same command with --resume "
+                                                 "to continue" if saved else "no epoch had finished"), err=True)
+        sys.exit(130)
     finally:
         progress.close()
     v = res.validation
