@@ -22,6 +22,20 @@ RESULT_FILES = ("detections.geojson", "run.json", "map.html", "candidates.gpkg")
 QUICKLOOK_DIR = "quicklooks"
 
 
+def out_dir_exists(out: Path) -> bool:
+    """Whether the output directory ``out`` exists; missing parents are fine (they are created
+    when outputs are written).
+
+    Raises:
+        OutputError: ``out`` or one of its parents is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
+    if not out.exists() and any(p.exists() and not p.is_dir() for p in out.parents):
+        raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
+    return out.exists()
+
+
 def check_out_dir(out: Path, overwrite: bool, own_files: tuple[str, ...] = (), *, append: bool = False) -> None:
     """Refuse an output directory that holds results (unless ``overwrite`` or ``append``) or foreign files.
 
@@ -36,12 +50,7 @@ def check_out_dir(out: Path, overwrite: bool, own_files: tuple[str, ...] = (), *
     if overwrite and append:
         raise UsageError("--append and --overwrite: choose one (--append adds scenes and keeps reviews, "
                          "--overwrite replaces every result)")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
-    if not out.exists():
-        # missing parent directories are created when the outputs are written
-        if any(p.exists() and not p.is_dir() for p in out.parents):
-            raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
+    if not out_dir_exists(out):
         return
     present = [f for f in RESULT_FILES if (out / f).exists()]
     if present and append:

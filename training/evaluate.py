@@ -31,7 +31,7 @@ import numpy as np
 from imagery.errors import OutputError, UsageError
 from imagery.georef import local_metres, pixel_to_map, to_lonlat
 from imagery.matching import Counts, counts_at, match_boxes, match_centres
-from imagery.outputs import Staging
+from imagery.outputs import Staging, out_dir_exists
 from imagery.report import ccw_rings
 from imagery.scene import Scene
 
@@ -486,11 +486,7 @@ def check_eval_dir(out: Path, overwrite: bool) -> None:
     Raises:
         OutputError: the directory cannot be used.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
-    if not out.exists():
-        if any(p.exists() and not p.is_dir() for p in out.parents):
-            raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
+    if not out_dir_exists(out):
         return
     ours = (*EVAL_FILES, DETECTIONS_DIR)
     present = [f for f in ours if (out / f).exists()]

@@ -31,6 +31,7 @@ from imagery.errors import InputError, OutputError, UsageError
 from imagery.georef import ground_pixel_m
 from imagery.models import build_model
 from imagery.normalise import Normalisation
+from imagery.outputs import out_dir_exists
 from imagery.registry import CHECKPOINT_NAME
 from imagery.scene import RASTER_SUFFIXES, Scene, band_name_in, open_scene
 from training.chips import Region, build_chips
@@ -173,11 +174,7 @@ def _device(name: str) -> torch.device:
 
 def check_model_out(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse a finished model directory (unless overwrite) or a directory of foreign files."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a directory; choose a directory path")
-    if not out.exists():
-        if any(p.exists() and not p.is_dir() for p in out.parents):
-            raise OutputError(f"--out {out}: a parent path is a file, not a directory; choose another path")
+    if not out_dir_exists(out):
         if resume:
             raise UsageError(f"--resume: {out} does not exist; nothing to resume")
         return
