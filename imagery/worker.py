@@ -108,7 +108,7 @@ def georeference(scene: Scene, boxes: np.ndarray, scores: np.ndarray, labels: np
     }
 
 
-def _owned(tile: Tile, boxes: np.ndarray) -> np.ndarray:
+def in_core(tile: Tile, boxes: np.ndarray) -> np.ndarray:
     """Detections whose centre (in scene pixels) lies in the tile's core."""
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
@@ -143,7 +143,7 @@ def detect_block(
         valid = np.stack([p[2] for p in pending])
         for (tile, _, _), det in zip(pending, predict(lm.model, batch, valid, score_threshold, tta, lm.spec.max_box_px), strict=True):
             b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
-            keep = _owned(tile, b)
+            keep = in_core(tile, b)
             kept_boxes.append(b[keep])
             kept_scores.append(det.scores[keep])
             kept_labels.append(det.labels[keep])

@@ -2,7 +2,7 @@
 
 The detector sees, in each tile, the part of every object inside the tile's window (in scene
 pixels), exactly as a real detector sees an object cut by the tile edge. Ownership
-(:func:`imagery.worker._owned`) plus class-aware suppression must then report every object
+(:func:`imagery.worker.in_core`) plus class-aware suppression must then report every object
 exactly once, with its whole box.
 """
 
@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from imagery.merge import suppress
 from imagery.scene import BandSource, Scene
 from imagery.tiling import TileGrid
-from imagery.worker import _owned, empty_detections, georeference
+from imagery.worker import empty_detections, georeference, in_core
 
 WIDTH, HEIGHT, SIZE, OVERLAP = 300, 260, 64, 16
 IOU = 0.4
@@ -75,7 +75,7 @@ def detect_scene(
     for tile in grid.tiles():
         boxes, idx = seen_in_tile(objects, tile.col_off, tile.row_off, tile.size, scene.width, scene.height)
         sightings[idx] += 1
-        keep = _owned(tile, boxes)
+        keep = in_core(tile, boxes)
         parts.append(georeference(scene, boxes[keep], scores[idx][keep], labels[idx][keep]))
     return parts, sightings
 
@@ -170,7 +170,7 @@ def test_objects_on_seams_come_out_once_with_their_whole_box() -> None:
 
 def test_ownership_does_the_work_not_suppression() -> None:
     # Without ownership the cut parts survive suppression (their IoU with the whole box is
-    # small), so the test above would fail if _owned kept everything a tile sees.
+    # small), so the test above would fail if in_core kept everything a tile sees.
     scene = make_scene()
     grid = TileGrid(WIDTH, HEIGHT, SIZE, OVERLAP)
     # Mostly in column 1 / the second row, with a sliver (< 40 % of the box) in the tiles before.

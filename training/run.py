@@ -405,7 +405,7 @@ def run_training(
         for k in range(cfg.train.steps_per_epoch):
             step = (epoch - 1) * cfg.train.steps_per_epoch + k
             if step in mine_steps and step > 0:
-                mined = mine_hard_negatives(model, train_chips, m.max_box_px, device)
+                mined = mine_hard_negatives(model, train_chips, m.max_box_px)
                 sampler.set_mined(mined)
                 model.train()
             x, t = make_batch(sampler, rng, cfg.train.batch_size, len(m.classes), stride)
@@ -417,7 +417,7 @@ def run_training(
         improved = False
         if has_val:
             v: Validation = validate(model, val_chips, val_truth, len(m.classes), cfg.evaluate.primary, cfg.evaluate.iou,
-                                     dist_px, m.max_box_px, device)
+                                     dist_px, m.max_box_px)
             row.update(val_precision=v.counts.precision, val_recall=v.counts.recall, val_f1=v.f1, val_threshold=v.threshold)
             prog.advance(0, val_f1=v.f1)
             if v.f1 > best["f1"]:

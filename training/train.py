@@ -10,6 +10,7 @@ import torch
 
 from imagery.inference import predict
 from imagery.matching import Counts, counts_at, match_boxes, match_centres
+from imagery.worker import in_core
 from training.chips import Chip, tile_of
 from training.dataset import ChipSampler
 from training.targets import centernet_loss, make_targets
@@ -47,7 +48,7 @@ def train_step(
 
 
 def _predict_chips(
-    model: torch.nn.Module, chips: Sequence[Chip], threshold: float, max_box: float, device: torch.device, batch: int = 8,
+    model: torch.nn.Module, chips: Sequence[Chip], threshold: float, max_box: float, batch: int = 8,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Boxes (window pixels), scores and labels per chip."""
     model.eval()
@@ -85,7 +86,6 @@ def validate(
     iou: float,
     distance_px: dict[int, float],
     max_box: float,
-    device: torch.device,
 ) -> Validation:
     """Detect on validation tiles (keeping each detection in the tile whose core holds it).
 
@@ -93,11 +93,11 @@ def validate(
     ``distance_px`` maps it to the matching distance in that scene's pixels.
     """
     found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in truth}
-    for chip, (boxes, scores, labels) in zip(chips, _predict_chips(model, chips, THRESHOLDS[0], max_box, device), strict=True):
+    for chip, (boxes, scores, labels) in zip(chips, _predict_chips(model, chips, THRESHOLDS[0], max_box), strict=True):
         tile = tile_of(chip.window)
         b = boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-        own = (cx >= tile.core_col_start) & (cx < tile.core_col_stop) & (cy >= tile.core_row_start) & (cy < tile.core_row_stop)
+        own = in_core(tile, b)
         # only detections on validation pixels count (block splits mask the rest out)
         r = np.clip(cy.astype(int) - tile.row_off, 0, tile.size - 1)
         c = np.clip(cx.astype(int) - tile.col_off, 0, tile.size - 1)
@@ -124,7 +124,7 @@ def validate(
 
 
 def mine_hard_negatives(
-    model: torch.nn.Module, chips: Sequence[Chip], max_box: float, device: torch.device,
+    model: torch.nn.Module, chips: Sequence[Chip], max_box: float,
     threshold: float = 0.2, per_chip: int = 8, min_dist_px: float = 12.0,
 ) -> list[tuple[int, float, float]]:
     """Where ``model`` fires (score >= ``threshold``) farther than ``min_dist_px`` from every label.
@@ -133,7 +133,7 @@ def mine_hard_negatives(
     """
     hard: list[tuple[int, float, float]] = []
     for ci, (chip, (boxes, scores, _labels)) in enumerate(
-        zip(chips, _predict_chips(model, chips, threshold, max_box, device), strict=True)
+        zip(chips, _predict_chips(model, chips, threshold, max_box), strict=True)
     ):
         if not len(scores):
             continue
