@@ -13,6 +13,7 @@ Loading uses ``torch.load(weights_only=True)``, which refuses pickled code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -121,18 +122,21 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, model: torch.nn.Module) -
     return checksum
 
 
-def load_checkpoint(path: str | Path) -> LoadedModel:
+def load_checkpoint(path: str | Path, data: bytes | None = None) -> LoadedModel:
     """Load and verify a checkpoint; never executes pickled code.
+
+    ``data``, when given, is the checkpoint file's bytes (sent to a cluster worker, which
+    may not see ``path``); ``path`` then only names it in messages.
 
     Raises:
         CheckpointError: missing file, not a sitewatch checkpoint, refused content,
             unknown architecture, or checksum mismatch.
     """
     p = Path(path)
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
+        raw = torch.load(io.BytesIO(data) if data is not None else p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "GLOBAL" in text or "global" in text:
@@ -166,4 +170,5 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{p}: weights do not fit architecture {spec.arch} ({str(exc)[:120]})") from None
     model.eval()
-    return LoadedModel(spec=spec, model=model, path=str(p), checksum=file_sha256(p))
+    file_checksum = "sha256:" + hashlib.sha256(data).hexdigest() if data is not None else file_sha256(p)
+    return LoadedModel(spec=spec, model=model, path=str(p), checksum=file_checksum)

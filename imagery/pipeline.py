@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ import numpy as np
 
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from imagery.errors import InputError, OutputError, SitewatchError, UsageError
+from imagery.execution import check_scheduler, run_tasks
+from imagery.jobs import Job, fingerprint, has_job, scene_signature
 from imagery.merge import suppress
 from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
@@ -31,7 +35,7 @@ from imagery.scene import Scene, open_scene
 from imagery.sites import site_distances
 from imagery.store import STORE_NAME, CandidateStore, review_count
 from imagery.tiling import TileGrid
-from imagery.worker import BlockResult, SceneStats, detect_block, scene_stats
+from imagery.worker import BlockResult, SceneStats, detect_block, empty_detections, scene_stats
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +112,21 @@ class Plan:
     scenes: tuple[Scene, ...]
     grids: tuple[TileGrid, ...]
     settings: DetectSettings
+    #: Inputs that could not be opened, as ``(input, error)``, when the plan was asked to go on without them.
+    unopened: tuple[tuple[str, InputError], ...] = ()
 
 
-def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettings) -> Plan:
+def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettings, *,
+         skip_unopenable: bool = False) -> Plan:
     """Resolve the model, open and validate every scene, and build their tile grids.
+
+    Args:
+        inputs: scene files or band directories.
+        model: a shipped model name or a checkpoint path.
+        settings: tiling and inference settings.
+        skip_unopenable: an input that cannot be opened (not a raster, no CRS, bands that
+            do not fit...) is listed in :attr:`Plan.unopened` instead of stopping the plan,
+            as long as at least one input opens.
 
     Raises:
         SitewatchError: on any problem, before anything is read or written.
@@ -122,80 +137,83 @@ def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettin
     loaded = load_checkpoint(ckpt)
     s = settings.resolved(loaded.spec)
     scenes = []
+    unopened: list[tuple[str, InputError]] = []
     seen: set[str] = set()
     for item in inputs:
-        sc = open_scene(item, loaded.spec.bands, s.bands)
+        try:
+            sc = open_scene(item, loaded.spec.bands, s.bands)
+        except InputError as exc:
+            if not skip_unopenable:
+                raise
+            unopened.append((str(item), exc))
+            continue
         key = str(Path(sc.source).resolve())
         if key in seen:
             raise UsageError(f"{item}: given twice; name each scene once")
         seen.add(key)
         scenes.append(sc)
+    if not scenes:
+        if len(unopened) == 1:
+            raise unopened[0][1]
+        raise InputError(f"{len(unopened)} inputs", f"none could be opened, nothing was written; the first: {unopened[0][1]}")
     grids = tuple(TileGrid(sc.width, sc.height, s.tile_size, s.overlap) for sc in scenes)  # type: ignore[arg-type]
-    return Plan(loaded, str(model), tuple(scenes), grids, s)
+    return Plan(loaded, str(model), tuple(scenes), grids, s, tuple(unopened))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One Dask task of a run: a scene's statistics (``block`` is ``None``) or one block of tiles."""
+
+    scene: int
+    block: int | None
+    tiles: int
+    delayed: Any
+
+
+def schedule(p: Plan, recorded_stats: Mapping[int, SceneStats | InputError] | None = None,
+             recorded_blocks: set[tuple[int, int]] | None = None) -> list[Task]:
+    """The tasks still to run: everything not already recorded by an earlier, interrupted run.
+
+    A scene whose statistics are recorded passes them to its blocks as a value; one whose
+    statistics failed schedules nothing (the scene is failed). Computes nothing.
+    """
+    recorded_stats = recorded_stats or {}
+    recorded_blocks = recorded_blocks or set()
+    s = p.settings
+    spec = p.model.spec
+    out: list[Task] = []
+    for i, (sc, grid) in enumerate(zip(p.scenes, p.grids, strict=True)):
+        # The key covers every input of scene_stats: a scheduler shared by two runs must not
+        # hand one model's statistics to another model with a different normalisation.
+        stats_token = dask.base.tokenize(sc, spec.normalisation, spec.bands)
+        known = recorded_stats.get(i)
+        if isinstance(known, InputError):
+            continue
+        if known is None:
+            stats: Any = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands,
+                                                              dask_key_name=f"stats-{stats_token}")
+            out.append(Task(i, None, 0, stats))
+        else:
+            stats = known
+        for b, tiles in enumerate(grid.blocks(s.tiles_per_task)):
+            if (i, b) in recorded_blocks:
+                continue
+            task = dask.delayed(detect_block, pure=True)(
+                sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers,
+                bool(s.tta), dask_key_name=f"detect_block-{dask.base.tokenize(stats_token, tiles, p.model.checksum, s)}",
+            )
+            out.append(Task(i, b, len(tiles), task))
+    return out
 
 
 def build_graph(p: Plan) -> list[Any]:
     """Dask delayed objects, one ``(stats, [block results])`` pair per scene. Computes nothing."""
-    s = p.settings
-    spec = p.model.spec
-    out = []
-    for sc, grid in zip(p.scenes, p.grids, strict=True):
-        # The key covers every input of scene_stats: a scheduler shared by two runs must not
-        # hand one model's statistics to another model with a different normalisation.
-        stats_key = f"stats-{dask.base.tokenize(sc, spec.normalisation, spec.bands)}"
-        stats = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, dask_key_name=stats_key)
-        blocks = [
-            dask.delayed(detect_block, pure=True)(
-                sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers, bool(s.tta),
-                dask_key_name=f"detect_block-{dask.base.tokenize(sc, tiles, p.model.checksum, s)}",
-            )
-            for tiles in grid.blocks(s.tiles_per_task)
-        ]
-        out.append((stats, blocks))
-    return out
-
-
-def _run_graph(graph: list[Any], workers: int, scheduler: str | None, on_tiles: Callable[[int], None] | None) -> list[Any]:
-    """Compute ``build_graph``'s output; returns ``(stats, [block results])`` per scene."""
-    flat = [task for stats, blocks in graph for task in (stats, *blocks)]
-    if scheduler:
-        results = _compute_distributed(flat, scheduler, on_tiles)
-    else:
-        from dask.callbacks import Callback
-
-        class _Progress(Callback):  # type: ignore[misc]
-            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:  # noqa: A002
-                if on_tiles and isinstance(result, BlockResult):
-                    on_tiles(result.tiles_total)
-
-        with _Progress():
-            results = list(dask.compute(*flat, scheduler="threads", num_workers=workers))
-    out, i = [], 0
-    for _, blocks in graph:
-        out.append((results[i], results[i + 1 : i + 1 + len(blocks)]))
-        i += 1 + len(blocks)
-    return out
-
-
-def _compute_distributed(flat: list[Any], scheduler: str, on_tiles: Callable[[int], None] | None) -> list[Any]:
-    from distributed import Client, as_completed
-
-    try:
-        client = Client(scheduler)
-    except (OSError, ValueError) as exc:  # unreachable (OSError after the timeout) or malformed
-        raise UsageError(
-            f"--scheduler {scheduler}: cannot connect ({str(exc).strip().splitlines()[0][:160]}); "
-            "start a scheduler (dask scheduler) or leave out --scheduler to use local threads"
-        ) from None
-    with client:
-        log.info("Dask dashboard: %s", client.dashboard_link)
-        futures = client.compute(flat)
-        for fut in as_completed(futures):
-            if on_tiles and fut.status == "finished":
-                r = fut.result()
-                if isinstance(r, BlockResult):
-                    on_tiles(r.tiles_total)
-        return list(client.gather(futures))
+    tasks = schedule(p)
+    return [
+        (next(t.delayed for t in tasks if t.scene == i and t.block is None),
+         [t.delayed for t in tasks if t.scene == i and t.block is not None])
+        for i in range(len(p.scenes))
+    ]
 
 
 def detect(
@@ -206,13 +224,21 @@ def detect(
     *,
     overwrite: bool = False,
     scheduler: str | None = None,
+    fail_fast: bool = False,
     on_tiles: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    on_scene: Callable[[str], None] | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
     own_files: tuple[str, ...] = (),
     append: bool = False,
     site_distance: Mapping[str, float] | None = None,
 ) -> RunSummary:
     """Detect objects in ``inputs`` with ``model`` and write the run's outputs to ``out``.
+
+    The run is a resumable job (see :mod:`imagery.jobs`): each finished task is recorded in
+    ``out/.sitewatch-job`` at once, and calling ``detect`` again with the same inputs, model
+    and settings after an interruption runs only what is missing, then writes exactly the
+    outputs an uninterrupted run writes.
 
     Args:
         inputs: scene files, or directories of single-band files (one scene each).
@@ -220,10 +246,17 @@ def detect(
         out: run directory for ``candidates.gpkg``, ``detections.geojson``, ``run.json``,
             ``map.html`` and ``quicklooks/``.
         settings: tiling and inference settings; model defaults where ``None``.
-        overwrite: replace the results of an earlier run in ``out``.
-        scheduler: address of a running Dask distributed scheduler; local threads if ``None``.
-        on_tiles: called with the number of tiles each finished task covered (progress).
+        overwrite: replace the results of an earlier run in ``out`` (and an unfinished
+            job there with other inputs or settings).
+        scheduler: ``threads`` (default), ``processes`` (a local cluster of worker
+            processes) or the address of a running Dask distributed scheduler.
+        fail_fast: stop at the first scene or tile that cannot be read (finished work
+            stays recorded) instead of reporting it and going on.
+        on_tiles: called with the number of tiles each finished task covered (progress);
+            on a resumed job, first with the tiles already done.
         on_plan: called once the plan is validated, before work starts.
+        on_scene: called with a scene's name once all its tasks are done.
+        on_dashboard: called with the Dask dashboard's address on a distributed cluster.
         own_files: files in ``out`` the caller put there (not foreign, not results).
         append: add the scenes to the run already in ``out``: its candidate store keeps
             every detection, site and review, and the other outputs are rewritten to cover
@@ -237,12 +270,13 @@ def detect(
 
     Raises:
         SitewatchError: bad input, model or output location (nothing is written), a scene
-            already in the store (``append``), ``overwrite`` of a store holding reviews, or
-            every scene failed (nothing is written).
+            already in the store (``append``), ``overwrite`` of a store holding reviews,
+            every scene failed (nothing is written), or a failure with ``fail_fast``.
     """
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
-    check_out_dir(out, overwrite, own_files, append=append)
+    mode = check_scheduler(scheduler)
+    check_out_dir(out, overwrite or has_job(out) and not append, own_files, append=append)
     store_path = out / STORE_NAME
     if overwrite and (n := review_count(store_path)):
         raise OutputError(
@@ -251,7 +285,7 @@ def detect(
             f"{store_path} yourself"
         )
     site_distances((), site_distance)  # validate before any work
-    p = plan(inputs, model, settings or DetectSettings())
+    p = plan(inputs, model, settings or DetectSettings(), skip_unopenable=not fail_fast)
     names: dict[str, str] = {}
     for sc in p.scenes:
         if sc.name in names:
@@ -260,32 +294,27 @@ def detect(
         names[sc.name] = sc.source
     if append and store_path.exists():
         CandidateStore(store_path).check_new_scenes(p.scenes)
+    job = Job.open(out, job_fingerprint(p, append), discard_other=overwrite)
     if on_plan:
         on_plan(p)
-    graph = build_graph(p)
-    computed = _run_graph(graph, p.settings.workers or 1, scheduler, on_tiles)
-    results = []
-    for sc, grid, (stats, blocks) in zip(p.scenes, p.grids, computed, strict=True):
-        res = SceneResult(scene=sc, tiles_total=len(grid))
-        if isinstance(stats, SitewatchError):
-            res.error = stats
-            res.errors.append(str(stats))
-            res.tiles_failed = len(grid)
-        else:
-            res.stats = stats
-            res.tiles_skipped = sum(b.tiles_skipped for b in blocks)
-            res.tiles_failed = sum(b.tiles_failed for b in blocks)
-            res.errors.extend(e for b in blocks for e in b.errors)
-            res.detections = suppress([b.detections for b in blocks], p.settings.nms_iou)
-        results.append(res)
+    with closing(job.connect()) as con:
+        try:
+            _run_job(p, job, con, mode, fail_fast, on_tiles, on_scene, on_dashboard)
+        except SitewatchError:
+            empty = job.is_empty(con)
+            con.close()
+            if empty:  # e.g. an unreachable scheduler: leave no trace of a job that never started
+                job.discard()
+            raise
+        results = [_scene_result(p, job, con, i) for i in range(len(p.scenes))]
     if all(r.failed for r in results):
+        job.discard()
         first = results[0]
-        if len(results) == 1 and first.error is not None:
+        if len(results) == 1 and not p.unopened and first.error is not None:
             raise first.error
         reason = first.errors[0] if first.errors else f"{first.scene.source}: no tile could be read"
-        raise InputError(
-            f"{len(results)} scenes", f"every scene failed, nothing was written; the first: {reason}"
-        )
+        n = len(results) + len(p.unopened)
+        raise InputError(f"{n} scenes", f"every scene failed, nothing was written; the first: {reason}")
     summary = RunSummary(
         out=out,
         results=results,
@@ -293,8 +322,98 @@ def detect(
         started=started,
         finished=dt.datetime.now(dt.UTC),
     )
-    write_outputs(summary, overwrite=overwrite, append=append, site_distance=site_distance)
+    write_outputs(summary, overwrite=overwrite or job.resumed, append=append, site_distance=site_distance)
+    job.discard()
     return summary
+
+
+def job_fingerprint(p: Plan, append: bool) -> str:
+    """What makes two runs the same job: model, scenes in order, and every setting that
+    changes detections (not the worker count or the scheduler)."""
+    s = asdict(p.settings)
+    s.pop("workers")
+    return fingerprint({"format": 1, "model": p.model.checksum, "settings": s, "append": append,
+                        "scenes": [sc.source for sc in p.scenes]})
+
+
+def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: bool,
+             on_tiles: Callable[[int], None] | None, on_scene: Callable[[str], None] | None,
+             on_dashboard: Callable[[str], None] | None) -> None:
+    """Run every task the job has not recorded yet, recording each result as it arrives."""
+    signatures = {i: scene_signature(sc) for i, sc in enumerate(p.scenes)}
+    job.check_scenes(con, signatures)
+    recorded_stats: dict[int, SceneStats | InputError] = {}
+    for i in job.done_scenes(con):
+        st = job.stats(con, i, quicklook=False)
+        if st is not None:
+            recorded_stats[i] = st
+    recorded_blocks = job.done_blocks(con)
+    tasks = schedule(p, recorded_stats, recorded_blocks)
+    remaining = [0] * len(p.scenes)
+    for t in tasks:
+        remaining[t.scene] += 1
+    if on_tiles and (done := sum(len(g) for g in p.grids) - sum(t.tiles for t in tasks)):
+        on_tiles(done)
+
+    def finished(task: Task) -> None:
+        remaining[task.scene] -= 1
+        if on_tiles and task.tiles:
+            on_tiles(task.tiles)
+        if on_scene and remaining[task.scene] == 0:
+            on_scene(p.scenes[task.scene].name)
+
+    def on_result(task: Task, value: Any) -> None:
+        sc = p.scenes[task.scene]
+        if task.block is None:
+            job.record_stats(con, task.scene, signatures[task.scene], value)
+            if fail_fast and isinstance(value, SitewatchError):
+                raise value
+        else:
+            job.record_block(con, task.scene, task.block, value)
+            if fail_fast and isinstance(value, BlockResult) and value.errors:
+                raise InputError(sc.source, f"{value.errors[0]} (stopped by --fail-fast)")
+        finished(task)
+
+    def on_failure(task: Task, exc: BaseException) -> None:
+        sc = p.scenes[task.scene]
+        reason = f"{sc.source}: workers died {_kills(exc)} running it; the scene may crash the reader or exhaust memory"
+        if fail_fast:
+            raise InputError(sc.source, reason)
+        if task.block is None:
+            job.record_stats(con, task.scene, signatures[task.scene], InputError(sc.source, reason))
+        else:
+            n = task.tiles
+            job.record_block(con, task.scene, task.block, BlockResult(empty_detections(), n, 0, n, (reason,)))
+        finished(task)
+
+    run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
+              on_dashboard=on_dashboard)
+
+
+def _kills(exc: BaseException) -> str:
+    text = str(exc)
+    return "repeatedly" if "allowed" not in text else "more often than the scheduler allows"
+
+
+def _scene_result(p: Plan, job: Job, con: sqlite3.Connection, i: int) -> SceneResult:
+    """A scene's result, assembled from the job's records and merged across seams."""
+    sc, grid = p.scenes[i], p.grids[i]
+    res = SceneResult(scene=sc, tiles_total=len(grid))
+    stats = job.stats(con, i)
+    if not isinstance(stats, SceneStats):
+        res.error = stats or InputError(sc.source, "was not processed")
+        res.errors.append(str(res.error))
+        res.tiles_failed = len(grid)
+        return res
+    res.stats = stats
+    parts = []
+    for b in job.blocks(con, i):
+        res.tiles_skipped += b.tiles_skipped
+        res.tiles_failed += b.tiles_failed
+        res.errors.extend(b.errors)
+        parts.append(b.detections)
+    res.detections = suppress(parts, p.settings.nms_iou)
+    return res
 
 
 @dataclass
@@ -309,8 +428,16 @@ class RunSummary:
 
     @property
     def failed_scenes(self) -> list[SceneResult]:
-        """Scenes that produced nothing."""
+        """Scenes that were opened but produced nothing."""
         return [r for r in self.results if r.failed]
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Every input that failed, opened or not: ``{"scene": input, "errors": [messages]}``."""
+        return [{"scene": src, "errors": [str(exc)]} for src, exc in self.plan.unopened] + [
+            {"scene": r.scene.source, "errors": r.errors or [f"{r.scene.source}: no tile could be read"]}
+            for r in self.failed_scenes
+        ]
 
     def counts(self) -> dict[str, int]:
         """Detections per class over all scenes."""

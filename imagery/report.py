@@ -90,6 +90,8 @@ def run_record(summary: RunSummary, quicklooks: Mapping[str, tuple[str, float]] 
                 "quicklook": ql[0] if ql else None,
                 "quicklook_scale": ql[1] if ql else None,
             })
+    scenes.extend({"name": None, "path": src, "status": "failed", "errors": [str(exc)], "detections": 0,
+                   "tiles": {"total": 0, "skipped": 0, "failed": 0, "grid": [0, 0]}} for src, exc in p.unopened)
     return {
         "sitewatch_run": 1,
         "started_at": summary.started.isoformat().replace("+00:00", "Z"),
@@ -109,7 +111,7 @@ def run_record(summary: RunSummary, quicklooks: Mapping[str, tuple[str, float]] 
             "failed": sum(r.tiles_failed for r in summary.results),
         },
         "detections": summary.counts(),
-        "failed_scenes": [{"scene": r.scene.source, "errors": r.errors} for r in summary.failed_scenes],
+        "failed_scenes": summary.failures,
     }
 
 
@@ -205,7 +207,7 @@ def combined_record(runs: Sequence[RunInfo], counts: Mapping[str, int], stored: 
             "model": {"name": run.model, "version": run.model_version, "checksum": run.record["model"]["checksum"]},
             "settings": run.record["settings"],
             "site_distance_m": run.site_distance,
-            "scenes": [i["name"] for i in run.record["inputs"]],
+            "scenes": [i["name"] for i in run.record["inputs"] if i["name"] is not None],
             "detections": run.record["detections"],
         } for run in runs],
     }

@@ -41,6 +41,16 @@ def get_model(path: str, checksum: str) -> LoadedModel:
         return lm
 
 
+def preload_model(data: bytes, checksum: str, path: str) -> None:
+    """Put the checkpoint ``data`` (the bytes of ``path``) in this process's model cache."""
+    with _LOCK:
+        if checksum not in _MODELS:
+            lm = load_checkpoint(path, data)
+            if lm.checksum != checksum:
+                raise CheckpointError(f"{path}: the bytes sent to this worker do not match their checksum")
+            _MODELS[checksum] = lm
+
+
 @dataclass(frozen=True)
 class SceneStats:
     """Per-scene facts gathered by one decimated read."""
@@ -53,6 +63,13 @@ class SceneStats:
     valid_fraction: float
 
 
+def _file_facts(path: str) -> dict[str, object]:
+    """Size and checksum of a local file; remote files (GDAL /vsi paths) are not downloaded for a checksum."""
+    if path.startswith("/vsi"):
+        return {"bytes": None, "sha256": None, "remote": True}
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
 def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) -> SceneStats | SitewatchError:
     """Normalisation statistics, quick-look and file checksums; errors are returned, not raised."""
     try:
@@ -60,7 +77,7 @@ def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) 
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
         ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
-        files = {f: {"bytes": os.path.getsize(f), "sha256": file_sha256(f)} for f in scene.files}
+        files = {f: _file_facts(f) for f in scene.files}
         return SceneStats(lo, hi, ql, factor, files, float(valid.mean()))
     except SitewatchError as exc:
         return exc
@@ -117,6 +134,21 @@ def in_core(tile: Tile, boxes: np.ndarray) -> np.ndarray:
     )
 
 
+def worker_torch_threads(workers: int) -> int:
+    """Threads each task's model may use: the cores over the tasks running at once.
+
+    Inside a distributed worker the worker's own thread count decides, since the client's
+    ``--workers`` says nothing about a remote machine.
+    """
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):  # not in a distributed worker
+        nthreads = workers
+    return max(1, (os.cpu_count() or 1) // max(nthreads, 1))
+
+
 def detect_block(
     scene: Scene,
     tiles: tuple[Tile, ...],
@@ -131,7 +163,7 @@ def detect_block(
     """Read, normalise and detect on a block of tiles; per-tile read failures are counted."""
     if isinstance(stats, SitewatchError):
         return BlockResult(empty_detections(), len(tiles), tiles_failed=len(tiles))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    torch.set_num_threads(worker_torch_threads(workers))
     lm = get_model(model_path, checksum)
     skipped = failed = 0
     errors: list[str] = []

@@ -30,26 +30,40 @@ def _bands(value: str | None) -> tuple[str, ...] | None:
 
 
 class _Progress:
-    """A tqdm bar over tiles on a terminal; silent otherwise."""
+    """A tqdm bar over tiles (rate, ETA) and scenes on a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar: Any = None
+        self.scenes = 0
+        self.scenes_done = 0
 
     def plan(self, p: Any) -> None:
         if self.enabled:
             from tqdm import tqdm
 
             total = sum(len(g) for g in p.grids)
-            self.bar = tqdm(total=total, unit="tile", desc=f"{len(p.scenes)} scene(s)", file=sys.stderr)
+            self.scenes = len(p.scenes)
+            self.bar = tqdm(total=total, unit="tile", desc=f"scenes 0/{self.scenes}", file=sys.stderr,
+                            dynamic_ncols=True)
 
     def tiles(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
+    def scene(self, name: str) -> None:
+        self.scenes_done += 1
+        if self.bar is not None:
+            self.bar.set_description(f"scenes {self.scenes_done}/{self.scenes}")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+def _dashboard(link: str) -> None:
+    click.echo(f"sitewatch: Dask dashboard: {link}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,7 +92,10 @@ def cli() -> None:
 @click.option("--workers", type=int, default=None, help="Parallel workers [default: one per CPU core].")
 @click.option("--tiles-per-task", type=int, default=16, show_default=True, help="Tiles read and detected per Dask task.")
 @click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
-@click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786); local threads if omitted.")
+@click.option("--scheduler", default=None, envvar="SITEWATCH_SCHEDULER", show_envvar=True,
+              help="threads (local threads, the default), processes (a local cluster of worker processes), "
+                   "or the address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first scene that fails (finished work is kept for a re-run).")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 @click.option("--append", is_flag=True,
@@ -88,7 +105,8 @@ def cli() -> None:
                    "or the values of the run appended to].")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, tta: bool | None, overwrite: bool, append: bool, site_distance: tuple[str, ...]) -> None:
+           scheduler: str | None, fail_fast: bool, tta: bool | None, overwrite: bool, append: bool,
+           site_distance: tuple[str, ...]) -> None:
     """Detect objects in scenes and write candidates.gpkg, detections.geojson, run.json, map.html and quicklooks/.
 
     \b
@@ -96,6 +114,12 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     single-band files on one grid (Sentinel-2 style: band names such as B02 in the
     file names), which counts as one scene.
     With --append, a scene already in the run is refused.
+
+    \b
+    A run is a resumable job: if it is interrupted (Ctrl-C, a killed process, a lost
+    machine), run the same command again and it goes on from what was finished.
+    A scene that fails is listed in run.json and the others go on (exit 6); with
+    --fail-fast the run stops at the first failure instead.
     """
     from imagery.pipeline import DetectSettings
     from imagery.pipeline import detect as run_detect
@@ -107,16 +131,22 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     progress = _Progress(sys.stderr.isatty())
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,
-                             on_tiles=progress.tiles, on_plan=progress.plan, append=append,
+                             fail_fast=fail_fast, on_tiles=progress.tiles, on_plan=progress.plan,
+                             on_scene=progress.scene, on_dashboard=_dashboard, append=append,
                              site_distance=parse_site_distances(site_distance))
+    except KeyboardInterrupt:
+        progress.close()
+        click.echo(f"sitewatch: interrupted; finished work is kept in {out}: run the same command again to resume",
+                   err=True)
+        sys.exit(130)
     finally:
         progress.close()
     counts = ", ".join(f"{n} {c}" for c, n in summary.counts().items())
     click.echo(f"{out}: {counts} in {len(summary.results)} scene(s); open {out / 'map.html'}")
     _echo_sites(out)
-    for r in summary.failed_scenes:
-        click.echo(f"sitewatch: error: scene failed: {r.errors[0] if r.errors else r.scene.source}", err=True)
-    if summary.failed_scenes:
+    for failure in summary.failures:
+        click.echo(f"sitewatch: error: scene failed: {failure['errors'][0]}", err=True)
+    if summary.failures:
         sys.exit(EXIT_PARTIAL)
 
 

@@ -218,8 +218,16 @@ def test_failing_output_write_in_detect_keeps_earlier_results(tmp_path, make_geo
     with pytest.raises(OSError):
         detect([scene], tiny_checkpoint, out, settings, overwrite=True)
 
-    assert _snapshot(out) == before
+    # The earlier results are untouched; the job's records stay (hidden) so that the same
+    # command, once there is space, resumes instead of starting over.
+    job = {k: v for k, v in _snapshot(out).items() if k.startswith(".sitewatch-job")}
+    assert ".sitewatch-job/job.sqlite" in job
+    assert {k: v for k, v in _snapshot(out).items() if k not in job} == before
     assert _hidden(tmp_path) == []
+    monkeypatch.undo()
+    detect([scene], tiny_checkpoint, out, settings, overwrite=True)
+    assert not (out / ".sitewatch-job").exists()
+    assert _snapshot(out).keys() == before.keys()
     doc = json.loads(before["detections.geojson"])
     run = json.loads(before["run.json"])
     assert len(doc["features"]) == sum(run["detections"].values()) > 0

@@ -582,7 +582,7 @@ def run_evaluation(
     report.meta = {
         "model": {"ref": str(model), "name": spec.name, "version": spec.version, "checksum": p.model.checksum},
         "inputs": [r.scene.source for r in summary.results],
-        "failed_scenes": [{"scene": r.scene.source, "errors": r.errors} for r in summary.failed_scenes],
+        "failed_scenes": summary.failures,
         "detections": {"dir": str(out / DETECTIONS_DIR), "score_threshold": detect_threshold},
         "labels": {
             "files": [str(x) for x in labels_paths],
