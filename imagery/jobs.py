@@ -76,6 +76,18 @@ def has_job(out: Path) -> bool:
     return (out / JOB_DIR / _DB).is_file()
 
 
+def recorded_fingerprint(out: Path) -> str | None:
+    """The fingerprint of the unfinished job in ``out``, if there is one (and it is readable)."""
+    if not has_job(out):
+        return None
+    try:
+        with closing(sqlite3.connect(out / JOB_DIR / _DB)) as con:
+            row = con.execute("SELECT value FROM job WHERE key = 'fingerprint'").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
 def _array_blob(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -89,7 +101,7 @@ def _blob_arrays(blob: bytes) -> dict[str, np.ndarray]:
 
 def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # a scratch copy: fast over small
     return buf.getvalue()
 
 
@@ -123,12 +135,7 @@ class Job:
         """
         job = cls(out, key)
         if has_job(out):
-            try:
-                with closing(sqlite3.connect(job.dir / _DB)) as con:
-                    row = con.execute("SELECT value FROM job WHERE key = 'fingerprint'").fetchone()
-            except sqlite3.Error:
-                row = None
-            if row is not None and row[0] == key:
+            if recorded_fingerprint(out) == key:
                 job.resumed = True
                 return job
             if not discard_other:

@@ -26,7 +26,7 @@ import numpy as np
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from imagery.execution import check_scheduler, run_tasks
-from imagery.jobs import Job, fingerprint, has_job, scene_signature
+from imagery.jobs import Job, fingerprint, recorded_fingerprint, scene_signature
 from imagery.merge import suppress
 from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
@@ -50,7 +50,7 @@ class DetectSettings:
     score_threshold: float | None = None
     workers: int | None = None
     bands: tuple[str, ...] | None = None
-    tiles_per_task: int = 16
+    tiles_per_task: int = 8
     nms_iou: float = 0.4
     tta: bool | None = None
 
@@ -276,7 +276,11 @@ def detect(
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
     mode = check_scheduler(scheduler)
-    check_out_dir(out, overwrite or has_job(out) and not append, own_files, append=append)
+    # A directory holding this very job, unfinished, is resumed even if a kill during the
+    # final renames left some result files; that is checked once the plan gives the job's key.
+    unfinished = recorded_fingerprint(out)
+    if unfinished is None:
+        check_out_dir(out, overwrite, own_files, append=append)
     store_path = out / STORE_NAME
     if overwrite and (n := review_count(store_path)):
         raise OutputError(
@@ -294,7 +298,10 @@ def detect(
         names[sc.name] = sc.source
     if append and store_path.exists():
         CandidateStore(store_path).check_new_scenes(p.scenes)
-    job = Job.open(out, job_fingerprint(p, append), discard_other=overwrite)
+    key = job_fingerprint(p, append)
+    if unfinished is not None and unfinished != key:
+        check_out_dir(out, overwrite, own_files, append=append)
+    job = Job.open(out, key, discard_other=overwrite)
     if on_plan:
         on_plan(p)
     with closing(job.connect()) as con:
@@ -322,7 +329,7 @@ def detect(
         started=started,
         finished=dt.datetime.now(dt.UTC),
     )
-    write_outputs(summary, overwrite=overwrite or job.resumed, append=append, site_distance=site_distance)
+    write_outputs(summary, overwrite=overwrite, append=append, site_distance=site_distance)
     job.discard()
     return summary
 

@@ -319,7 +319,7 @@ def _quicklook_name(scene: str, taken: set[str]) -> str:
 
 def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    Image.fromarray(image).save(buf, format="PNG", compress_level=4)
     return buf.getvalue()
 
 

@@ -150,8 +150,12 @@ def write_synthetic_scene(
     origin: tuple[float, float] = (500000.0, 4_800_000.0),
     pixel_size: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
+    overviews: bool = False,
 ) -> None:
     """Write a ``size`` x ``size`` 4-band uint16 Sentinel-2-like GeoTIFF one block row at a time.
+
+    With ``overviews``, internal overviews (2x, 4x, ... down to about 256 px) are added, as in
+    the Sentinel-2 L2A COGs that STAC catalogues serve.
 
     Mostly open water, land west of a wavy coastline (per-band means and noise as in
     ``imagery.synthetic``), bright vessel-like ellipses on the water, tiled 256 x 256, DEFLATE with a horizontal predictor, nodata 0, bands named
@@ -172,7 +176,8 @@ def write_synthetic_scene(
         with rasterio.open(tmp, "w", **profile) as dst:
             for i, name in enumerate(BANDS, start=1):
                 dst.set_band_description(i, name)
-            dst.update_tags(SITEWATCH_BENCH_SCENE=f"size={size} seed={seed} vessels_per_mpx={vessels_per_mpx}")
+            dst.update_tags(SITEWATCH_BENCH_SCENE=f"size={size} seed={seed} vessels_per_mpx={vessels_per_mpx} "
+                                                  f"overviews={overviews}")
             for row0 in range(0, size, BLOCK):
                 h = min(BLOCK, size - row0)
                 rng = np.random.default_rng([seed, 2, row0])
@@ -186,19 +191,25 @@ def write_synthetic_scene(
                 dst.write(img.astype(np.uint16), window=Window(0, row0, size, h))
                 if progress:
                     progress(row0 + h, size)
+        if overviews:
+            from rasterio.enums import Resampling
+
+            levels = [2**k for k in range(1, 16) if size // 2**k >= 256]
+            with rasterio.open(tmp, "r+") as dst:
+                dst.build_overviews(levels, Resampling.average)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def scene_matches(path: Path, size: int, seed: int, vessels_per_mpx: float) -> bool:
+def scene_matches(path: Path, size: int, seed: int, vessels_per_mpx: float, overviews: bool = False) -> bool:
     """``path`` is a scene this script wrote with these arguments."""
     try:
         with rasterio.open(path) as src:
             tag = src.tags().get("SITEWATCH_BENCH_SCENE")
     except (rasterio.errors.RasterioError, OSError):
         return False
-    return tag == f"size={size} seed={seed} vessels_per_mpx={vessels_per_mpx}"
+    return tag == f"size={size} seed={seed} vessels_per_mpx={vessels_per_mpx} overviews={overviews}"
 
 
 def print_progress(label: str) -> Callable[[int, int], None]:
@@ -650,6 +661,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="where the scene and outputs go (default: a temporary directory)")
     p.add_argument("--keep-outputs", action="store_true", help="keep detect's output directories")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-overviews", dest="overviews", action="store_false",
+                   help="write the scene without internal overviews (detect's statistics pass then decodes every "
+                        "block once more); by default it has them, as Sentinel-2 L2A COGs do")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                    help="do not time the stats task, blocks and predict() inside detect")
     p.add_argument("--allocator", choices=("tuned", "inherit"), default="tuned",
@@ -676,10 +690,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.scene:
             scene = args.scene
         else:
-            scene = workdir / f"bench-scene-{args.size}.tif"
-            if not scene_matches(scene, args.size, args.seed, 4.0):
+            scene = workdir / f"bench-scene-{args.size}{'' if args.overviews else '-noovr'}.tif"
+            if not scene_matches(scene, args.size, args.seed, 4.0, args.overviews):
                 t0 = time.perf_counter()
-                write_synthetic_scene(scene, args.size, seed=args.seed,
+                write_synthetic_scene(scene, args.size, seed=args.seed, overviews=args.overviews,
                                       progress=print_progress("writing scene") if args.size >= 8192 else None)
                 print(f"\nwrote {scene} ({scene.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
 

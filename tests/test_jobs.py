@@ -7,6 +7,7 @@ goes on from there and must end with exactly the outputs of an uninterrupted run
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -181,3 +182,30 @@ def test_a_failing_scene_does_not_stop_the_batch_and_fail_fast_does(
     assert proc.returncode == InputError.exit_code, proc.stderr
     assert proc.stderr.count("\n") == 1 and "bad.tif" in proc.stderr
     assert not any((out2 / f).exists() for f in RESULT_FILES)
+
+
+def test_a_kill_during_the_final_renames_still_resumes(
+    scene_and_reference: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scene, ref = scene_and_reference
+    out = tmp_path / "run"
+    real = os.replace
+    moved: list[str] = []
+
+    def dies_after_one(src: str, dst: str) -> None:
+        if Path(dst).parent == out:  # a rename into the run directory (not within staging)
+            if moved:
+                raise KeyboardInterrupt  # the process is stopped between two renames
+            moved.append(str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        detect([scene], "demo", out, SETTINGS)
+    monkeypatch.undo()
+    assert moved and Path(moved[0]).exists() and not (out / "run.json").exists()
+    # One result file is in place, but the job is unfinished: the same call resumes it
+    # (no --overwrite needed) and completes the outputs.
+    detect([scene], "demo", out, SETTINGS)
+    assert features(out) == features(ref)
+    assert not (out / JOB_DIR).exists()
