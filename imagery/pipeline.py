@@ -26,12 +26,13 @@ import numpy as np
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from imagery.execution import check_scheduler, run_tasks
+from imagery.inputs import expand_inputs, open_input
 from imagery.jobs import Job, fingerprint, recorded_fingerprint, scene_signature
 from imagery.merge import suppress
 from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
 from imagery.report import write_outputs
-from imagery.scene import Scene, open_scene
+from imagery.scene import Scene
 from imagery.sites import site_distances
 from imagery.store import STORE_NAME, CandidateStore, review_count
 from imagery.tiling import TileGrid
@@ -117,16 +118,19 @@ class Plan:
 
 
 def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettings, *,
-         skip_unopenable: bool = False) -> Plan:
-    """Resolve the model, open and validate every scene, and build their tile grids.
+         recursive: bool = False, skip_unopenable: bool = False) -> Plan:
+    """Resolve the model, expand and open every scene, and build their tile grids.
 
     Args:
-        inputs: scene files or band directories.
+        inputs: scene files, band directories, directories of scenes, globs, list files
+            (``@list.txt``), STAC Item/ItemCollection files or URLs (see
+            :func:`imagery.inputs.expand_inputs`).
         model: a shipped model name or a checkpoint path.
         settings: tiling and inference settings.
-        skip_unopenable: an input that cannot be opened (not a raster, no CRS, bands that
+        recursive: walk directories of scenes (and ``**`` globs) into subdirectories.
+        skip_unopenable: a scene that cannot be opened (not a raster, no CRS, bands that
             do not fit...) is listed in :attr:`Plan.unopened` instead of stopping the plan,
-            as long as at least one input opens.
+            as long as at least one scene opens.
 
     Raises:
         SitewatchError: on any problem, before anything is read or written.
@@ -138,20 +142,13 @@ def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettin
     s = settings.resolved(loaded.spec)
     scenes = []
     unopened: list[tuple[str, InputError]] = []
-    seen: set[str] = set()
-    for item in inputs:
+    for item in expand_inputs(inputs, recursive=recursive):
         try:
-            sc = open_scene(item, loaded.spec.bands, s.bands)
+            scenes.append(open_input(item, loaded.spec.bands, s.bands))
         except InputError as exc:
             if not skip_unopenable:
                 raise
-            unopened.append((str(item), exc))
-            continue
-        key = str(Path(sc.source).resolve())
-        if key in seen:
-            raise UsageError(f"{item}: given twice; name each scene once")
-        seen.add(key)
-        scenes.append(sc)
+            unopened.append((item.source, exc))
     if not scenes:
         if len(unopened) == 1:
             raise unopened[0][1]
@@ -225,6 +222,7 @@ def detect(
     overwrite: bool = False,
     scheduler: str | None = None,
     fail_fast: bool = False,
+    recursive: bool = False,
     on_tiles: Callable[[int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_scene: Callable[[str], None] | None = None,
@@ -241,7 +239,8 @@ def detect(
     outputs an uninterrupted run writes.
 
     Args:
-        inputs: scene files, or directories of single-band files (one scene each).
+        inputs: scenes: files, band directories, directories of scenes, globs, list files,
+            STAC files or URLs (see :func:`imagery.inputs.expand_inputs`).
         model: a shipped model name (``vessels-s2``) or a checkpoint path.
         out: run directory for ``candidates.gpkg``, ``detections.geojson``, ``run.json``,
             ``map.html`` and ``quicklooks/``.
@@ -250,6 +249,7 @@ def detect(
             job there with other inputs or settings).
         scheduler: ``threads`` (default), ``processes`` (a local cluster of worker
             processes) or the address of a running Dask distributed scheduler.
+        recursive: walk directories of scenes (and ``**`` globs) into subdirectories.
         fail_fast: stop at the first scene or tile that cannot be read (finished work
             stays recorded) instead of reporting it and going on.
         on_tiles: called with the number of tiles each finished task covered (progress);
@@ -289,7 +289,7 @@ def detect(
             f"{store_path} yourself"
         )
     site_distances((), site_distance)  # validate before any work
-    p = plan(inputs, model, settings or DetectSettings(), skip_unopenable=not fail_fast)
+    p = plan(inputs, model, settings or DetectSettings(), recursive=recursive, skip_unopenable=not fail_fast)
     names: dict[str, str] = {}
     for sc in p.scenes:
         if sc.name in names:

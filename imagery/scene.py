@@ -1,17 +1,20 @@
-"""Scenes: one raster file, or a directory of single-band files on one grid.
+"""Scenes: one raster file, or a set of single-band files on one grid.
 
 A :class:`Scene` is a small, picklable description (paths, band mapping, grid, CRS);
 pixel data is read window by window inside Dask tasks with :func:`read_tile`, so no
 scene is ever loaded whole. Files are opened read-only, and only where the data is read.
+Paths may be GDAL virtual paths (``/vsicurl/https://...``, ``/vsis3/...``, ``/vsizip/...``);
+remote ones are opened and read under :data:`REMOTE_GDAL_OPTIONS`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,20 @@ BAND_PATTERN = re.compile(r"(?<![A-Za-z0-9])(B(?:0[1-9]|1[0-2]|8A))(?![0-9A-Za-z
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+#: GDAL virtual file systems that read over the network (also found nested: /vsizip//vsicurl/...).
+REMOTE_VSI = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift", "/vsiwebhdfs")
+
+#: GDAL settings for remote reads. An environment variable or an active ``rasterio.Env``
+#: setting of the same name wins, so users can tune them without code changes.
+REMOTE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing request for sidecar files per open
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_MAX_RETRY": "3",  # 429 and 5xx answers are retried, with backoff
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # fewer requests for adjacent COG blocks
+}
 
 
 @dataclass(frozen=True)
@@ -84,12 +101,32 @@ def band_name_in(text: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is a GDAL virtual path read over the network."""
+    return path.startswith("/vsi") and any(v in path for v in REMOTE_VSI)
+
+
+def _gdal_env(path: str) -> AbstractContextManager[object]:
+    """``rasterio.Env`` with :data:`REMOTE_GDAL_OPTIONS` for remote paths; nothing for local ones."""
+    if not is_remote(path):
+        return nullcontext()
+    active = rasterio.env.getenv() if rasterio.env.hasenv() else {}
+    env: AbstractContextManager[object] = rasterio.Env(
+        **{k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ and k not in active}
+    )
+    return env
+
+
 def _open(path: str) -> rasterio.DatasetReader:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _gdal_env(path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, "r")
     except RasterioError as exc:
+        if is_remote(path):
+            raise NotARasterError(
+                path, f"cannot be opened ({_short(exc)}); check the URL, your network and any credentials"
+            ) from None
         raise NotARasterError(
             path, f"not a raster GDAL can read ({_short(exc)}); check the file is a GeoTIFF/COG"
         ) from None
@@ -178,31 +215,37 @@ def open_scene(
 ) -> Scene:
     """Open and validate a scene for a model that takes ``model_bands``.
 
-    ``path`` is a raster file (any band count) or a directory of single-band files
-    whose names contain band names (``B02``...). Only metadata is read here.
+    ``path`` is a raster file (any band count), a GDAL virtual path (``/vsi...``, taken
+    as given) or a directory of single-band files whose names contain band names
+    (``B02``...). Only metadata is read here.
 
     Raises:
         InputError: the path is missing, not a raster, not georeferenced, or its bands
             do not fit the model.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "no such file or directory")
-    if p.is_dir():
-        return _open_band_dir(p, model_bands, bands_flag)
-    src = _open(str(p))
+    if isinstance(path, str) and path.startswith("/vsi"):
+        # Kept as a string: Path() would fold the "//" of "/vsizip//abs/path.zip".
+        name, text = Path(path.split("?", 1)[0]).stem, path
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(p, "no such file or directory")
+        if p.is_dir():
+            return _open_band_dir(p, model_bands, bands_flag)
+        name, text = p.stem, str(p)
+    src = _open(text)
     with src:
-        _check_grid(str(p), src)
+        _check_grid(text, src)
         names: list[str | None] = [
             (band_name_in(d) if d else None) or d for d in src.descriptions
         ]
-        picks = _resolve(model_bands, names, bands_flag, str(p))
+        picks = _resolve(model_bands, names, bands_flag, text)
         bands = tuple(
-            BandSource(str(p), i + 1, model_bands[k]) for k, i in enumerate(picks)
+            BandSource(text, i + 1, model_bands[k]) for k, i in enumerate(picks)
         )
         return Scene(
-            name=p.stem,
-            source=str(p),
+            name=name,
+            source=text,
             bands=bands,
             width=src.width,
             height=src.height,
@@ -221,15 +264,41 @@ def _open_band_dir(
     )
     if not files:
         raise InputError(p, "directory holds no raster files (.tif/.tiff/.jp2)")
-    names = [band_name_in(f.name) for f in files]
-    picks = _resolve(model_bands, names, bands_flag, str(p))
-    chosen = [files[i] for i in picks]
+    pairs = [(band_name_in(f.name), str(f)) for f in files]
+    return open_band_files(p.name, str(p), pairs, model_bands, bands_flag)
+
+
+def open_band_files(
+    name: str,
+    source: str,
+    files: Sequence[tuple[str | None, str]],
+    model_bands: Sequence[str],
+    bands_flag: Sequence[str] | None = None,
+) -> Scene:
+    """Open a scene made of single-band files on one grid (a band directory, a STAC item).
+
+    Args:
+        name: The scene's name.
+        source: What the user named (a directory, ``items.json#ITEM_ID``); band errors name it.
+        files: ``(band name or None, path)`` pairs; paths may be GDAL virtual paths.
+        model_bands: The bands the model takes, in its order.
+        bands_flag: The ``--bands`` choice (band names or 1-based positions in ``files``), if any.
+
+    Raises:
+        BandError: a band the model needs is missing, a file has more than one band, or the
+            files are not on one grid.
+        InputError: a file is missing, not a raster or not georeferenced.
+    """
+    if not files:
+        raise InputError(source, "has no band files; expected single-band rasters named by band (B02...)")
+    picks = _resolve(model_bands, [n for n, _ in files], bands_flag, source)
+    chosen = [files[i][1] for i in picks]
     grid = None
     dtype, nodata = "", None
     for f in chosen:
-        src = _open(str(f))
+        src = _open(f)
         with src:
-            _check_grid(str(f), src)
+            _check_grid(f, src)
             if src.count != 1:
                 raise BandError(f, f"has {src.count} bands; a band directory needs single-band files")
             this = (src.width, src.height, src.crs.to_wkt(), tuple(src.transform)[:6])
@@ -238,14 +307,14 @@ def _open_band_dir(
             elif not _same_grid(grid, this):
                 raise BandError(
                     f,
-                    f"is not on the same grid as {chosen[0].name} "
+                    f"is not on the same grid as {Path(chosen[0].split('?', 1)[0]).name} "
                     "(size, CRS or transform differ); resample the bands to one grid",
                 )
     assert grid is not None  # noqa: S101 - chosen is never empty here
     return Scene(
-        name=p.name,
-        source=str(p),
-        bands=tuple(BandSource(str(f), 1, model_bands[k]) for k, f in enumerate(chosen)),
+        name=name,
+        source=source,
+        bands=tuple(BandSource(f, 1, model_bands[k]) for k, f in enumerate(chosen)),
         width=grid[0],
         height=grid[1],
         crs_wkt=grid[2],
@@ -284,7 +353,8 @@ class SceneReader:
         for k, band in enumerate(self.scene.bands):
             ds = self._ds[band.path]
             try:
-                data = ds.read(band.index, window=window)
+                with _gdal_env(band.path):
+                    data = ds.read(band.index, window=window)
             except RasterioError as exc:
                 raise CorruptRasterError(
                     band.path,
@@ -330,7 +400,8 @@ class SceneReader:
         for k, band in enumerate(s.bands):
             ds = self._ds[band.path]
             try:
-                data = ds.read(band.index, out_shape=(h, w))
+                with _gdal_env(band.path):
+                    data = ds.read(band.index, out_shape=(h, w))
             except RasterioError as exc:
                 raise CorruptRasterError(
                     band.path,

@@ -95,6 +95,7 @@ def cli() -> None:
 @click.option("--scheduler", default=None, envvar="SITEWATCH_SCHEDULER", show_envvar=True,
               help="threads (local threads, the default), processes (a local cluster of worker processes), "
                    "or the address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--recursive", "-r", is_flag=True, help="Walk directories of scenes (and ** globs) into subdirectories.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first scene that fails (finished work is kept for a re-run).")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
@@ -105,14 +106,19 @@ def cli() -> None:
                    "or the values of the run appended to].")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, fail_fast: bool, tta: bool | None, overwrite: bool, append: bool,
+           scheduler: str | None, recursive: bool, fail_fast: bool, tta: bool | None, overwrite: bool, append: bool,
            site_distance: tuple[str, ...]) -> None:
     """Detect objects in scenes and write candidates.gpkg, detections.geojson, run.json, map.html and quicklooks/.
 
     \b
-    INPUT is a raster file (GeoTIFF/COG, any band count) or a directory of
-    single-band files on one grid (Sentinel-2 style: band names such as B02 in the
-    file names), which counts as one scene.
+    INPUT is any of:
+      a raster file (GeoTIFF/COG, any band count): one scene;
+      a directory of single-band files on one grid (band names such as B02 in the
+        file names): one scene;
+      any other directory: each raster in it (--recursive: and in subdirectories);
+      a glob ('scenes/*.tif', quoted); @LIST or a .txt file: one path, glob or URL a line;
+      a STAC Item or ItemCollection JSON file: one scene per item, bands from its assets;
+      a URL (https://, s3://, gs://) or GDAL /vsi path.
     With --append, a scene already in the run is refused.
 
     \b
@@ -131,7 +137,7 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     progress = _Progress(sys.stderr.isatty())
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,
-                             fail_fast=fail_fast, on_tiles=progress.tiles, on_plan=progress.plan,
+                             recursive=recursive, fail_fast=fail_fast, on_tiles=progress.tiles, on_plan=progress.plan,
                              on_scene=progress.scene, on_dashboard=_dashboard, append=append,
                              site_distance=parse_site_distances(site_distance))
     except KeyboardInterrupt:
@@ -615,7 +621,7 @@ def _tune_allocator(argv: list[str]) -> None:
         return
     env = {**os.environ, **ALLOCATOR_ENV}
     try:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)  # noqa: S606 - same program, same arguments
     except OSError:
         return  # run as we are
 

@@ -209,3 +209,30 @@ def test_a_kill_during_the_final_renames_still_resumes(
     detect([scene], "demo", out, SETTINGS)
     assert features(out) == features(ref)
     assert not (out / JOB_DIR).exists()
+
+
+def test_a_folder_of_good_and_broken_scenes(scene_and_reference: tuple[Path, Path], tmp_path: Path) -> None:
+    import numpy as np
+    import rasterio
+
+    scene, ref = scene_and_reference
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    (folder / "good.tif").write_bytes(scene.read_bytes())
+    (folder / "notes.tif").write_text("not a raster\n")
+    _truncated(folder / "cut.tif", scene)
+    with rasterio.open(folder / "nocrs.tif", "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16") as dst:
+        dst.write(np.ones((4, 64, 64), np.uint16))
+    out = tmp_path / "run"
+    list_file = tmp_path / "scenes.txt"
+    list_file.write_text(f"# the folder, by a glob\n{folder}/*.tif\n")
+    proc = subprocess.run([*SITEWATCH, "detect", f"@{list_file}", "--out", str(out), *FLAGS],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 6, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "scene failed" in line]
+    assert sorted(Path(line.split("scene failed: ")[1].split(":")[0]).name for line in errors) == \
+        ["cut.tif", "nocrs.tif", "notes.tif"]
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(Path(f["scene"]).name for f in run["failed_scenes"]) == ["cut.tif", "nocrs.tif", "notes.tif"]
+    assert [f[:3] for f in features(out)] == [f[:3] for f in features(ref)]  # the good scene, in full
