@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -10,10 +12,12 @@ from imagery.models import RawDetections, decode
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, score_threshold: float, tta: bool = False,
+    model: Any, batch: np.ndarray, valid: np.ndarray, score_threshold: float, tta: bool = False,
     max_box: float = 256.0,
 ) -> list[RawDetections]:
     """Detect objects in a ``(N, C, H, W)`` batch of normalised tiles with ``(N, H, W)`` masks.
+
+    ``model`` is a PyTorch module or its :class:`imagery.runtime.OnnxModel`.
 
     Heights and widths need not be multiples of the model's stride: inputs are padded
     to a multiple of the trunk's downsampling (padding is invalid, so it yields nothing) and boxes stay in the
@@ -27,7 +31,7 @@ def predict(
     if ph or pw:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)))
         valid = np.pad(valid, ((0, 0), (0, ph), (0, pw)))
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
     heat, size, offset = model(x)
     if tta:

@@ -76,6 +76,18 @@ def has_job(out: Path) -> bool:
     return (out / JOB_DIR / _DB).is_file()
 
 
+def recorded_blocks(out: Path) -> int:
+    """How many blocks of tiles the unfinished job in ``out`` has recorded (0 if none): a way
+    to watch a job from another process."""
+    if not has_job(out):
+        return 0
+    try:
+        with closing(sqlite3.connect(out / JOB_DIR / _DB, timeout=1)) as con:
+            return int(con.execute("SELECT count(*) FROM blocks").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def recorded_fingerprint(out: Path) -> str | None:
     """The fingerprint of the unfinished job in ``out``, if there is one (and it is readable)."""
     if not has_job(out):

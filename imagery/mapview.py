@@ -234,7 +234,7 @@ def _scene_payload(layer: MapLayer, cls_index: dict[str, int]) -> dict[str, Any]
 
 def _png_base64(image: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=6)
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=1)  # fast; size matters little offline
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

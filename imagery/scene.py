@@ -13,7 +13,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +330,18 @@ def _same_grid(a: tuple, b: tuple) -> bool:  # type: ignore[type-arg]
     return bool(np.allclose(a[3], b[3], rtol=0, atol=1e-6 * max(abs(a[3][0]), 1e-9)))
 
 
+def _row_runs(tiles: Sequence[Tile]) -> list[list[Tile]]:
+    """Split tiles into runs of the same row whose windows touch or overlap, in order."""
+    runs: list[list[Tile]] = []
+    for t in tiles:
+        prev = runs[-1][-1] if runs else None
+        if prev is not None and prev.row_off == t.row_off and prev.size == t.size and t.col_off <= prev.col_off + prev.size:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return runs
+
+
 class SceneReader:
     """Open datasets of one scene for reading many windows (use inside a task)."""
 
@@ -384,6 +396,39 @@ class SceneReader:
         full[:, :h, :w] = data
         mask[:h, :w] = valid
         return full, mask
+
+    def read_tiles(self, tiles: Sequence[Tile]) -> Iterator[tuple[Tile, tuple[np.ndarray, np.ndarray] | InputError]]:
+        """Yield each tile with its padded ``(data, valid)`` (as :meth:`read_tile`) or its read error.
+
+        Neighbouring tiles of one grid row are read as one window and sliced in memory, so
+        the pixels they share are read and converted once (overlapping windows re-read them).
+        Where that window cannot be read, its tiles are read one by one, so a damaged block
+        fails only the tiles that touch it.
+        """
+        for run in _row_runs(tiles):
+            first, last = run[0], run[-1]
+            col, row, w, h = first.col_off, first.row_off, last.col_off + last.size - first.col_off, first.size
+            w, h = min(w, self.scene.width - col), min(h, self.scene.height - row)
+            try:
+                data, valid = self.read(col, row, w, h)
+            except InputError:
+                for tile in run:
+                    try:
+                        yield tile, self.read_tile(tile)
+                    except InputError as exc:
+                        yield tile, exc
+                continue
+            for tile in run:
+                x = tile.col_off - col
+                tw, th = min(tile.size, w - x), h
+                if tw == tile.size and th == tile.size:
+                    yield tile, (data[:, :, x : x + tw], valid[:, x : x + tw])
+                    continue
+                full = np.zeros((data.shape[0], tile.size, tile.size), dtype=np.float32)
+                mask = np.zeros((tile.size, tile.size), dtype=bool)
+                full[:, :th, :tw] = data[:, :, x : x + tw]
+                mask[:th, :tw] = valid[:, x : x + tw]
+                yield tile, (full, mask)
 
     def overview(self, max_side: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Read the whole scene decimated so its longer side is at most ``max_side``.

@@ -129,10 +129,17 @@ class TileGrid:
                 index += 1
 
     def blocks(self, tiles_per_block: int) -> tuple[tuple[Tile, ...], ...]:
-        """Split the tiles into consecutive blocks, one Dask task each."""
+        """Split the tiles into consecutive blocks, one Dask task each.
+
+        The last ``2 * tiles_per_block`` tiles go in blocks a quarter that size, so that
+        workers finish together instead of one idling while another runs a last full block.
+        """
         if tiles_per_block < 1:
             raise UsageError(f"tiles per task must be at least 1, got {tiles_per_block}")
         tiles = self.tiles()
-        return tuple(
-            tiles[i : i + tiles_per_block] for i in range(0, len(tiles), tiles_per_block)
+        tail = min(len(tiles), 2 * tiles_per_block) if tiles_per_block >= 4 else 0
+        small = max(1, tiles_per_block // 4)
+        head = len(tiles) - tail
+        return tuple(tiles[i : min(i + tiles_per_block, head)] for i in range(0, head, tiles_per_block)) + tuple(
+            tiles[i : i + small] for i in range(head, len(tiles), small)
         )

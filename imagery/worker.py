@@ -19,6 +19,7 @@ from imagery.georef import box_corners, pixel_to_map, to_lonlat
 from imagery.inference import predict
 from imagery.mapview import quicklook_rgb
 from imagery.normalise import Normalisation, apply
+from imagery.runtime import inference_model
 from imagery.scene import Scene, SceneReader
 from imagery.tiling import Tile
 
@@ -69,21 +70,26 @@ class SceneStats:
     valid_fraction: float
 
 
-def _file_facts(path: str) -> dict[str, object]:
+def file_facts(path: str) -> dict[str, object]:
     """Size and checksum of a local file; remote files (GDAL /vsi paths) are not downloaded for a checksum."""
     if path.startswith("/vsi"):
         return {"bytes": None, "sha256": None, "remote": True}
-    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    try:
+        return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    except OSError as exc:  # gone or unreadable since it was opened: say so in run.json
+        return {"bytes": None, "sha256": None, "error": exc.strerror or str(exc)}
 
 
-def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) -> SceneStats | SitewatchError:
-    """Normalisation statistics, quick-look and file checksums; errors are returned, not raised."""
+def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...], checksums: bool = True,
+                ) -> SceneStats | SitewatchError:
+    """Normalisation statistics, quick-look and (with ``checksums``) file checksums; errors are
+    returned, not raised."""
     try:
         with SceneReader(scene) as reader:
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
         ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
-        files = {f: _file_facts(f) for f in scene.files}
+        files = {f: file_facts(f) for f in scene.files} if checksums else {}
         return SceneStats(lo, hi, ql, factor, files, float(valid.mean()))
     except SitewatchError as exc:
         return exc
@@ -165,12 +171,15 @@ def detect_block(
     score_threshold: float,
     workers: int,
     tta: bool = False,
+    runtime: str = "torch",
 ) -> BlockResult:
     """Read, normalise and detect on a block of tiles; per-tile read failures are counted."""
     if isinstance(stats, SitewatchError):
         return BlockResult(empty_detections(), len(tiles), tiles_failed=len(tiles))
-    torch.set_num_threads(worker_torch_threads(workers))
+    threads = worker_torch_threads(workers)
+    torch.set_num_threads(threads)
     lm = get_model(model_path, checksum)
+    net = inference_model(lm.model, checksum, runtime, threads)
     skipped = failed = 0
     errors: list[str] = []
     kept_boxes, kept_scores, kept_labels = [], [], []
@@ -179,7 +188,7 @@ def detect_block(
     def flush() -> None:
         batch = np.stack([p[1] for p in pending])
         valid = np.stack([p[2] for p in pending])
-        for (tile, _, _), det in zip(pending, predict(lm.model, batch, valid, score_threshold, tta, lm.spec.max_box_px), strict=True):
+        for (tile, _, _), det in zip(pending, predict(net, batch, valid, score_threshold, tta, lm.spec.max_box_px), strict=True):
             b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
             keep = in_core(tile, b)
             kept_boxes.append(b[keep])
@@ -188,13 +197,12 @@ def detect_block(
         pending.clear()
 
     with SceneReader(scene) as reader:
-        for tile in tiles:
-            try:
-                data, valid = reader.read_tile(tile)
-            except SitewatchError as exc:
+        for tile, read in reader.read_tiles(tiles):
+            if isinstance(read, SitewatchError):
                 failed += 1
-                errors.append(str(exc))
+                errors.append(str(read))
                 continue
+            data, valid = read
             if not valid.any():
                 skipped += 1
                 continue

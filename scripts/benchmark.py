@@ -327,6 +327,7 @@ class Setup:
     hi: np.ndarray
     nodata: float | None
     device: str = "cpu"
+    runtime: str = "torch"  # where (a) and (b) run the model: imagery.runtime (onnx or torch)
 
     @property
     def km2(self) -> float:
@@ -450,6 +451,16 @@ def model_only(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Figure
     if args.device == "cuda":
         gpu = copy.deepcopy(base).to("cuda")
         layouts.append((f"1 model on cuda, {n} cpu threads", [gpu], n))
+    elif s.runtime == "onnx":
+        # The runtime detect uses (imagery.runtime): ONNX Runtime sessions of the same model.
+        from imagery.runtime import OnnxModel
+
+        one = OnnxModel(base, 1)
+        layouts.append((f"onnx: 1 session x {n} threads", [OnnxModel(base, n)], n))
+        if n > 1:
+            layouts.append((f"onnx: {n} sessions x 1 thread", [one] + [OnnxModel(base, 1) for _ in range(n - 1)], 1))
+            layouts.append((f"onnx: {n} threads x 1 thread, one shared session", [one] * n, 1))
+        layouts.append(("onnx: 1 session x 1 thread (1 worker)", [one], 1))
     else:
         layouts.append((f"1 model x {n} threads", [base], n))
         if n > 1:
@@ -535,7 +546,9 @@ def run_detect(s: Setup, workers: int, out: Path, breakdown: bool) -> tuple[floa
     from imagery.pipeline import DetectSettings, detect
 
     fields = {f.name for f in dataclasses.fields(DetectSettings)}
-    kw: dict[str, Any] = {"tile_size": s.tile_size, "overlap": s.overlap, "batch_size": s.batch_size, "workers": workers}
+    # No flip averaging: (a) and (c) run the plain forward pass, so (b) must too.
+    kw: dict[str, Any] = {"tile_size": s.tile_size, "overlap": s.overlap, "batch_size": s.batch_size, "workers": workers,
+                          "tta": False, "runtime": s.runtime}
     if "device" in fields:
         kw["device"] = s.device
     settings = DetectSettings(**kw)
@@ -661,6 +674,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="where the scene and outputs go (default: a temporary directory)")
     p.add_argument("--keep-outputs", action="store_true", help="keep detect's output directories")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                   help="runtime of (a) and (b), as detect's --runtime (default auto: ONNX Runtime on the CPU); "
+                        "(c) always feeds the PyTorch module, as a TorchGeo user would")
     p.add_argument("--no-overviews", dest="overviews", action="store_false",
                    help="write the scene without internal overviews (detect's statistics pass then decodes every "
                         "block once more); by default it has them, as Sentinel-2 L2A COGs do")
@@ -700,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lm = load_model(args.model)
         spec = lm.spec
         from imagery.pipeline import DetectSettings
+        from imagery.runtime import resolve_runtime
 
         with rasterio.open(scene) as src:
             width, height, nodata = src.width, src.height, src.nodata
@@ -714,10 +731,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             overlap=args.overlap if args.overlap is not None else spec.overlap,
             batch_size=args.batch_size or DetectSettings().batch_size, workers=args.workers,
             score_threshold=spec.score_threshold, lo=lo, hi=hi, nodata=nodata, device=args.device,
+            runtime=resolve_runtime(args.runtime, args.device),
         )
         print(f"\nscene {scene.name}: {width} x {height} px, {s.km2:.1f} km2; model {spec.name} {spec.version} "
               f"({lm.path}); tiles {s.tile_size} overlap {s.overlap}, batch {s.batch_size}, {s.workers} workers, "
-              f"device {args.device}")
+              f"device {args.device}, runtime {s.runtime} for (a) and (b)")
 
         a_figs, floor, a_one = model_only(s, args)
         print("\n(b) detect end to end", flush=True)

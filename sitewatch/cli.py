@@ -98,6 +98,8 @@ def cli() -> None:
 @click.option("--recursive", "-r", is_flag=True, help="Walk directories of scenes (and ** globs) into subdirectories.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first scene that fails (finished work is kept for a re-run).")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
+@click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="Where the model runs: ONNX Runtime (faster on the CPU) or PyTorch; auto picks ONNX Runtime on the CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
 @click.option("--append", is_flag=True,
               help="Add the scenes to the run in --out, keeping its sites and reviews (a new run if there is none).")
@@ -106,7 +108,7 @@ def cli() -> None:
                    "or the values of the run appended to].")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, recursive: bool, fail_fast: bool, tta: bool | None, overwrite: bool, append: bool,
+           scheduler: str | None, recursive: bool, fail_fast: bool, tta: bool | None, runtime: str, overwrite: bool, append: bool,
            site_distance: tuple[str, ...]) -> None:
     """Detect objects in scenes and write candidates.gpkg, detections.geojson, run.json, map.html and quicklooks/.
 
@@ -133,7 +135,7 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
 
     settings = DetectSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
-                              tiles_per_task=tiles_per_task, tta=tta)
+                              tiles_per_task=tiles_per_task, tta=tta, runtime=runtime)
     progress = _Progress(sys.stderr.isatty())
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,

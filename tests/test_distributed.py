@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster
 
+from imagery.jobs import recorded_blocks
 from imagery.pipeline import DetectSettings, detect
 from imagery.registry import resolve_model, shipped_models
 from imagery.synthetic import make_scene
@@ -133,7 +133,7 @@ def test_a_worker_killed_on_a_separately_started_cluster_does_not_fail_the_job(
                                 "--scheduler", address, *KILL_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
         deadline = time.monotonic() + 180
-        while _recorded(out) < 10:
+        while recorded_blocks(out) < 10:
             assert run.poll() is None, f"the job ended before a worker could be killed: {run.communicate()}"
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -148,14 +148,3 @@ def test_a_worker_killed_on_a_separately_started_cluster_does_not_fail_the_job(
         for p in procs:
             p.kill()
             p.wait(timeout=30)
-
-
-def _recorded(out: Path) -> int:
-    db = out / ".sitewatch-job" / "job.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as con:
-            return int(con.execute("SELECT count(*) FROM blocks").fetchone()[0])
-    except sqlite3.Error:
-        return 0

@@ -6,7 +6,6 @@ graph is built, so any compute on the client fails the test.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,12 +23,14 @@ from imagery.errors import InputError, UsageError
 from imagery.models import RawDetections, build_model
 from imagery.normalise import Normalisation
 from imagery.pipeline import DetectSettings, Plan, build_graph, plan
-from imagery.scene import SceneReader
+from imagery.runtime import OnnxModel
+from imagery.scene import SceneReader, _row_runs
 from imagery.worker import BlockResult, SceneStats
 
 TILES_PER_TASK = 5
-# 200 x 150 with 64-pixel tiles overlapping by 16: 4 x 3 = 12 tiles -> 3 blocks of 5;
-# 130 x 70: 3 x 2 = 6 tiles -> 2 blocks.
+# 200 x 150 with 64-pixel tiles overlapping by 16: 4 x 3 = 12 tiles -> one block of the first 2,
+# then the last 2 x 5 tiles in blocks of 5 // 4 = 1 (TileGrid.blocks) = 11 blocks;
+# 130 x 70: 3 x 2 = 6 tiles -> 6 blocks of 1.
 SCENES = [(200, 150, 12), (130, 70, 6)]
 
 
@@ -131,8 +132,8 @@ def test_building_the_graph_computes_and_reads_nothing(
 
         assert [len(g) for g in p.grids] == [n for _, _, n in SCENES]
         assert len(graph) == len(SCENES)
-        expected = [1 + math.ceil(n / TILES_PER_TASK) for _, _, n in SCENES]
-        assert [1 + len(blocks) for _, blocks in graph] == expected == [4, 3]
+        expected = [1 + len(g.blocks(TILES_PER_TASK)) for g in p.grids]
+        assert [1 + len(blocks) for _, blocks in graph] == expected == [12, 7]
         dsk = tasks(graph)
         assert len(dsk) == sum(expected)  # no hidden tasks besides stats and blocks
         for stats, blocks in graph:
@@ -151,7 +152,7 @@ def test_building_the_graph_computes_and_reads_nothing(
         def no_objects(
             model: torch.nn.Module, batch: np.ndarray, valid: np.ndarray, threshold: float, *_: object
         ) -> list[RawDetections]:
-            assert isinstance(model, torch.nn.Module) and not model.training
+            assert isinstance(model, OnnxModel)  # the default runtime on the CPU
             batches.append(batch.shape)
             empty = RawDetections(np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64))
             return [empty] * len(batch)
@@ -165,7 +166,9 @@ def test_building_the_graph_computes_and_reads_nothing(
     assert sum(b[0] for b in batches) == sum(n for _, _, n in SCENES)
     assert {b[1:] for b in batches} == {(4, 64, 64)}
     total_tiles = sum(n for _, _, n in SCENES)
-    assert counts["read_tile"] == counts["read"] == total_tiles
+    # Each task reads each run of neighbouring tiles in a row as one window (read_tiles).
+    runs = sum(len(_row_runs(b)) for g in p.grids for b in g.blocks(TILES_PER_TASK))
+    assert counts["read"] == runs < total_tiles and counts["read_tile"] == 0
     assert counts["overview"] == len(SCENES)
     assert counts["SceneReader"] == sum(expected)  # one per task
     assert counts["rasterio"] > 0

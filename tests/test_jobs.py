@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from imagery.errors import InputError, OutputError
-from imagery.jobs import JOB_DIR
+from imagery.jobs import JOB_DIR, recorded_blocks
 from imagery.outputs import RESULT_FILES
 from imagery.pipeline import DetectSettings, detect
 from imagery.registry import shipped_models
@@ -43,17 +43,6 @@ def features(out: Path) -> list[tuple[object, ...]]:
 def store_rows(out: Path) -> list[tuple[object, ...]]:
     with sqlite3.connect(out / "candidates.gpkg") as con:
         return con.execute("SELECT scene, class, score, lon, lat FROM detections ORDER BY scene, lon, lat").fetchall()
-
-
-def recorded_blocks(out: Path) -> int:
-    db = out / JOB_DIR / "job.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as con:
-            return int(con.execute("SELECT count(*) FROM blocks").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def start_and_stop(scene: Path, out: Path, sig: int, after_blocks: int) -> subprocess.CompletedProcess[str]:

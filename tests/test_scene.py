@@ -282,3 +282,39 @@ def test_scene_is_small_and_picklable(make_geotiff):
     scene = open_scene(make_geotiff(16, 16), MODEL_BANDS)
     assert pickle.loads(pickle.dumps(scene)) == scene
     assert scene.pixel_size == pytest.approx(10.0)
+
+
+def test_read_tiles_gives_what_read_tile_gives_for_every_tile(make_geotiff, tmp_path):
+    from imagery.tiling import TileGrid
+
+    path = make_geotiff(300, 210, nodata=0, seed=4)
+    scene = open_scene(path, ("B02", "B03", "B04", "B08"))
+    grid = TileGrid(300, 210, 64, 16)
+    with SceneReader(scene) as reader:
+        got = list(reader.read_tiles(grid.tiles()))
+        assert [t for t, _ in got] == list(grid.tiles())
+        for tile, read in got:
+            data, valid = reader.read_tile(tile)
+            np.testing.assert_array_equal(read[0], data)
+            np.testing.assert_array_equal(read[1], valid)
+
+
+def test_read_tiles_fails_only_the_tiles_a_damaged_block_touches(make_geotiff, tmp_path):
+    from imagery.tiling import TileGrid
+
+    good = make_geotiff(512, 512, seed=5)
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(good.read_bytes()[: int(good.stat().st_size * 0.6)])
+    scene = open_scene(bad, ("B02", "B03", "B04", "B08"))
+    grid = TileGrid(512, 512, 128, 32)
+    with SceneReader(scene) as reader:
+        one_by_one = []
+        for t in grid.tiles():
+            try:
+                reader.read_tile(t)
+                one_by_one.append(True)
+            except InputError:
+                one_by_one.append(False)
+        together = [not isinstance(r, InputError) for _, r in reader.read_tiles(grid.tiles())]
+    assert together == one_by_one
+    assert any(together) and not all(together)

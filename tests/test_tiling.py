@@ -173,10 +173,15 @@ def test_every_pixel_is_in_a_window_and_in_exactly_one_core(grid: TileGrid) -> N
 @given(grids(max_side=600).map(_small_enough), st.integers(1, 50))
 def test_blocks_keep_every_tile_in_order(grid: TileGrid, k: int) -> None:
     blocks = grid.blocks(k)
-    assert len(blocks) == math.ceil(len(grid) / k)
-    assert all(len(b) == k for b in blocks[:-1])
-    assert 1 <= len(blocks[-1]) <= k
     assert [t for b in blocks for t in b] == list(grid.tiles())
+    assert all(1 <= len(b) <= k for b in blocks)
+    # Full blocks, then (from k = 4) the last 2k tiles in blocks of k // 4 so workers end together.
+    tail = min(len(grid), 2 * k) if k >= 4 else 0
+    small = max(1, k // 4)
+    head = len(grid) - tail
+    assert len(blocks) == math.ceil(head / k) + math.ceil(tail / small)
+    assert all(len(b) == k for b in blocks[: head // k])
+    assert all(len(b) <= small for b in blocks[math.ceil(head / k):])
 
 
 def test_known_grid() -> None:
