@@ -148,3 +148,13 @@ def test_a_worker_killed_on_a_separately_started_cluster_does_not_fail_the_job(
         for p in procs:
             p.kill()
             p.wait(timeout=30)
+
+
+def test_scheduler_processes_starts_a_local_cluster(kill_scene: tuple[Path, list[tuple[object, ...]]],
+                                                    tmp_path: Path) -> None:
+    scene, ref = kill_scene
+    links: list[str] = []
+    summary = detect([scene], "demo", tmp_path / "run", KILL_SETTINGS, scheduler="processes", on_dashboard=links.append)
+    assert summary.results[0].tiles_failed == 0
+    assert _features(tmp_path / "run") == ref
+    assert links and links[0].startswith("http://")  # the dashboard of the cluster it started
