@@ -134,3 +134,12 @@ def make_review_run(base: Path) -> Path:
     run = base / "run"
     detect(paths, "demo", run, DetectSettings(workers=2))
     return run
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT (Ctrl-C): a shell running the
+    suite as a background job passes SIGINT on as *ignored*, and Python then installs no
+    KeyboardInterrupt handler, so the child would never see the signal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import default_sigint
 
 from imagery.errors import InputError, OutputError
 from imagery.jobs import JOB_DIR, recorded_blocks
@@ -48,7 +49,7 @@ def store_rows(out: Path) -> list[tuple[object, ...]]:
 def start_and_stop(scene: Path, out: Path, sig: int, after_blocks: int) -> subprocess.CompletedProcess[str]:
     """Start ``sitewatch detect`` and send it ``sig`` once ``after_blocks`` tasks are recorded."""
     proc = subprocess.Popen([*SITEWATCH, "detect", str(scene), "--out", str(out), *FLAGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 180
     while recorded_blocks(out) < after_blocks:
         assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"

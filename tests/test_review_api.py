@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import make_review_run
+from conftest import default_sigint, make_review_run
 from PIL import Image
 
 from imagery.review import CHIP_MAX_PX, CHIP_MIN_PX, MAX_BODY, ReviewServer, make_server, uncertainty
@@ -344,7 +344,7 @@ def test_cli_records_one_decision(run_dir: Path, capsys: pytest.CaptureFixture[s
 def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_sitewatch("review", str(run_dir), "--port", "0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=default_sigint)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -366,7 +366,7 @@ def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
 def test_cli_warns_off_loopback(run_dir: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_sitewatch("review", str(run_dir), "--host", "0.0.0.0", "--port", "0"),  # noqa: S104
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 30
         line = ""
