@@ -393,14 +393,15 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
 
     def on_failure(task: Task, exc: BaseException) -> None:
         sc = p.scenes[task.scene]
-        reason = f"{sc.source}: workers died {_kills(exc)} running it; the scene may crash the reader or exhaust memory"
+        error = InputError(sc.source, "Dask workers kept dying while they ran it (distributed.scheduler.allowed-failures); "
+                                      "the scene may crash the reader or exhaust a worker's memory")
         if fail_fast:
-            raise InputError(sc.source, reason)
+            raise error
         if task.block is None:
-            job.record_stats(con, task.scene, signatures[task.scene], InputError(sc.source, reason))
+            job.record_stats(con, task.scene, signatures[task.scene], error)
         else:
             n = task.tiles
-            job.record_block(con, task.scene, task.block, BlockResult(empty_detections(), n, 0, n, (reason,)))
+            job.record_block(con, task.scene, task.block, BlockResult(empty_detections(), n, 0, n, (str(error),)))
         finished(task)
 
     # File checksums for run.json, computed in a client thread while the tasks run (hashlib
@@ -410,11 +411,6 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
         run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
                   on_dashboard=on_dashboard)
         return checksums.result()
-
-
-def _kills(exc: BaseException) -> str:
-    text = str(exc)
-    return "repeatedly" if "allowed" not in text else "more often than the scheduler allows"
 
 
 def _scene_result(p: Plan, job: Job, con: sqlite3.Connection, i: int,
