@@ -33,6 +33,7 @@ from PIL import Image
 
 from imagery import errors
 from imagery.errors import InputError, OutputError, SitewatchError
+from imagery.mapview import png_bytes
 from imagery.scene import Scene
 from imagery.worker import BlockResult, SceneStats
 
@@ -43,7 +44,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scenes (
     scene INTEGER PRIMARY KEY, signature TEXT NOT NULL, error TEXT,
-    lo BLOB, hi BLOB, quicklook BLOB, quicklook_scale REAL, files TEXT, valid_fraction REAL);
+    lo BLOB, hi BLOB, quicklook BLOB, quicklook_scale REAL, valid_fraction REAL);
 CREATE TABLE IF NOT EXISTS blocks (
     scene INTEGER NOT NULL, block INTEGER NOT NULL, tiles_total INTEGER NOT NULL,
     tiles_skipped INTEGER NOT NULL, tiles_failed INTEGER NOT NULL, errors TEXT NOT NULL,
@@ -111,12 +112,6 @@ def _blob_arrays(blob: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)  # a scratch copy: fast over small
-    return buf.getvalue()
-
-
 class Job:
     """The records of one detection job in ``out/.sitewatch-job``.
 
@@ -159,22 +154,19 @@ class Job:
         try:
             job.created_out = not out.exists()
             job.dir.mkdir(parents=True, exist_ok=True)
-            with closing(job._connect()) as con, con:
+            with closing(job.connect()) as con, con:
                 con.executescript(_SCHEMA)
                 con.execute("INSERT OR REPLACE INTO job VALUES ('fingerprint', ?)", (key,))
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(f"--out {out}: cannot keep the job's records in {job.dir} ({exc})") from None
         return job
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
+        """A connection for recording results (the caller closes it)."""
         con = sqlite3.connect(self.dir / _DB, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         return con
-
-    def connect(self) -> sqlite3.Connection:
-        """A connection for recording results (the caller closes it)."""
-        return self._connect()
 
     def check_scenes(self, con: sqlite3.Connection, signatures: Mapping[int, str]) -> None:
         """Forget the records of scenes whose files changed since they were written."""
@@ -202,9 +194,9 @@ class Job:
         with con:
             if isinstance(stats, SceneStats):
                 con.execute(
-                    "INSERT OR REPLACE INTO scenes VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO scenes VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
                     (scene, signature, np.asarray(stats.lo, np.float32).tobytes(), np.asarray(stats.hi, np.float32).tobytes(),
-                     _png(stats.quicklook), stats.quicklook_scale, json.dumps(stats.files), stats.valid_fraction),
+                     png_bytes(stats.quicklook), stats.quicklook_scale, stats.valid_fraction),
                 )
             else:
                 kind = type(stats).__name__ if isinstance(stats, InputError) else "InputError"
@@ -225,7 +217,7 @@ class Job:
     def stats(self, con: sqlite3.Connection, scene: int, *, quicklook: bool = True) -> SceneStats | InputError | None:
         """A scene's recorded statistics, the error that stopped them, or ``None``."""
         row = con.execute(
-            "SELECT error, lo, hi, quicklook, quicklook_scale, files, valid_fraction FROM scenes WHERE scene = ?",
+            "SELECT error, lo, hi, quicklook, quicklook_scale, valid_fraction FROM scenes WHERE scene = ?",
             (scene,),
         ).fetchone()
         if row is None:
@@ -242,7 +234,7 @@ class Job:
         else:
             ql = np.zeros((1, 1, 3), np.uint8)
         return SceneStats(np.frombuffer(row[1], np.float32).copy(), np.frombuffer(row[2], np.float32).copy(),
-                          ql, float(row[4]), json.loads(row[5]), float(row[6]))
+                          ql, float(row[4]), float(row[5]))
 
     def blocks(self, con: sqlite3.Connection, scene: int) -> Iterator[BlockResult]:
         """A scene's recorded blocks, in block order."""

@@ -232,10 +232,16 @@ def _scene_payload(layer: MapLayer, cls_index: dict[str, int]) -> dict[str, Any]
     }
 
 
-def _png_base64(image: np.ndarray) -> str:
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB ``(h, w, 3)`` uint8 image as PNG, favouring speed over size (level 1 encodes a
+    1024-pixel quick-look ~3x faster than level 6; outputs are read locally)."""
     buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=1)  # fast; size matters little offline
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    Image.fromarray(image, mode="RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _png_base64(image: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def _scene_svg(i: int, layer: MapLayer, cls_index: dict[str, int]) -> str:

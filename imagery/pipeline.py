@@ -192,9 +192,7 @@ def schedule(p: Plan, recorded_stats: Mapping[int, SceneStats | InputError] | No
         if isinstance(known, InputError):
             continue
         if known is None:
-            # Checksums are not computed here: blocks wait for this task, and the client hashes
-            # the files beside the tasks instead (see _run_job).
-            stats: Any = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands, False,
+            stats: Any = dask.delayed(scene_stats, pure=True)(sc, spec.normalisation, spec.bands,
                                                               dask_key_name=f"stats-{stats_token}")
             out.append(Task(i, None, 0, stats))
         else:
@@ -346,7 +344,7 @@ def job_fingerprint(p: Plan, append: bool) -> str:
     changes detections (not the worker count or the scheduler)."""
     s = asdict(p.settings)
     s.pop("workers")
-    return fingerprint({"format": 1, "model": p.model.checksum, "settings": s, "append": append,
+    return fingerprint({"format": 2, "model": p.model.checksum, "settings": s, "append": append,
                         "scenes": [sc.source for sc in p.scenes]})
 
 

@@ -330,6 +330,18 @@ def _same_grid(a: tuple, b: tuple) -> bool:  # type: ignore[type-arg]
     return bool(np.allclose(a[3], b[3], rtol=0, atol=1e-6 * max(abs(a[3][0]), 1e-9)))
 
 
+def _padded(data: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data``/``valid`` padded at the bottom and right to ``size`` x ``size``; padding is invalid."""
+    h, w = valid.shape
+    if w == size and h == size:
+        return data, valid
+    full = np.zeros((data.shape[0], size, size), dtype=np.float32)
+    mask = np.zeros((size, size), dtype=bool)
+    full[:, :h, :w] = data
+    mask[:h, :w] = valid
+    return full, mask
+
+
 def _row_runs(tiles: Sequence[Tile]) -> list[list[Tile]]:
     """Split tiles into runs of the same row whose windows touch or overlap, in order."""
     runs: list[list[Tile]] = []
@@ -388,14 +400,7 @@ class SceneReader:
     def read_tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Read ``tile`` padded to its full size; padding is marked invalid."""
         col, row, w, h = tile.clipped(self.scene.width, self.scene.height)
-        data, valid = self.read(col, row, w, h)
-        if w == tile.size and h == tile.size:
-            return data, valid
-        full = np.zeros((data.shape[0], tile.size, tile.size), dtype=np.float32)
-        mask = np.zeros((tile.size, tile.size), dtype=bool)
-        full[:, :h, :w] = data
-        mask[:h, :w] = valid
-        return full, mask
+        return _padded(*self.read(col, row, w, h), tile.size)
 
     def read_tiles(self, tiles: Sequence[Tile]) -> Iterator[tuple[Tile, tuple[np.ndarray, np.ndarray] | InputError]]:
         """Yield each tile with its padded ``(data, valid)`` (as :meth:`read_tile`) or its read error.
@@ -420,15 +425,7 @@ class SceneReader:
                 continue
             for tile in run:
                 x = tile.col_off - col
-                tw, th = min(tile.size, w - x), h
-                if tw == tile.size and th == tile.size:
-                    yield tile, (data[:, :, x : x + tw], valid[:, x : x + tw])
-                    continue
-                full = np.zeros((data.shape[0], tile.size, tile.size), dtype=np.float32)
-                mask = np.zeros((tile.size, tile.size), dtype=bool)
-                full[:, :th, :tw] = data[:, :, x : x + tw]
-                mask[:th, :tw] = valid[:, x : x + tw]
-                yield tile, (full, mask)
+                yield tile, _padded(data[:, :, x : x + tile.size], valid[:, x : x + tile.size], tile.size)
 
     def overview(self, max_side: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Read the whole scene decimated so its longer side is at most ``max_side``.

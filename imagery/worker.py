@@ -66,8 +66,10 @@ class SceneStats:
     hi: np.ndarray
     quicklook: np.ndarray
     quicklook_scale: float
-    files: dict[str, dict[str, object]]
     valid_fraction: float
+    #: Size and SHA-256 per file (:func:`file_facts`); the pipeline hashes the files beside the
+    #: tasks and fills this in, so the statistics task that blocks wait for does no hashing.
+    files: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 def file_facts(path: str) -> dict[str, object]:
@@ -80,17 +82,14 @@ def file_facts(path: str) -> dict[str, object]:
         return {"bytes": None, "sha256": None, "error": exc.strerror or str(exc)}
 
 
-def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...], checksums: bool = True,
-                ) -> SceneStats | SitewatchError:
-    """Normalisation statistics, quick-look and (with ``checksums``) file checksums; errors are
-    returned, not raised."""
+def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) -> SceneStats | SitewatchError:
+    """Normalisation statistics and quick-look (not checksums); errors are returned, not raised."""
     try:
         with SceneReader(scene) as reader:
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
         ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
-        files = {f: file_facts(f) for f in scene.files} if checksums else {}
-        return SceneStats(lo, hi, ql, factor, files, float(valid.mean()))
+        return SceneStats(lo, hi, ql, factor, float(valid.mean()))
     except SitewatchError as exc:
         return exc
 
