@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -341,11 +342,22 @@ def test_cli_records_one_decision(run_dir: Path, capsys: pytest.CaptureFixture[s
     assert exc.value.code == 2 and "--status" in capsys.readouterr().err
 
 
-def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
+@contextmanager
+def _review_server(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``sitewatch review ARGS`` as a child process, killed at the end if still running."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_sitewatch("review", str(run_dir), "--port", "0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=default_sigint)
+    proc = subprocess.Popen(_sitewatch("review", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT, preexec_fn=default_sigint)
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
+    with _review_server(str(run_dir), "--port", "0") as proc:
         line = proc.stdout.readline() if proc.stdout else ""
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert m, line
@@ -355,27 +367,16 @@ def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
         con.close()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "Traceback" not in out
 
 
 def test_cli_warns_off_loopback(run_dir: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_sitewatch("review", str(run_dir), "--host", "0.0.0.0", "--port", "0"),  # noqa: S104
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=default_sigint)
-    try:
+    with _review_server(str(run_dir), "--host", "0.0.0.0", "--port", "0") as proc:  # noqa: S104
         deadline = time.monotonic() + 30
         line = ""
         while time.monotonic() < deadline and "http://" not in line:
             line = proc.stdout.readline() if proc.stdout else ""
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "warning" in err and "0.0.0.0" in err
