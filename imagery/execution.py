@@ -20,7 +20,10 @@ kills ``distributed.scheduler.allowed-failures`` workers is reported as failed.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from imagery.checkpoint import LoadedModel
 from imagery.errors import UsageError
+from imagery.scene import release_shared
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -116,10 +120,37 @@ def _done(_: Any) -> int:
     return 0
 
 
+#: Thread pools of the ``threads`` scheduler by size, kept for the life of the process so
+#: each thread's model session (imagery.runtime) is made once, as Dask keeps its own pools.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sitewatch-worker")
+        return pool
+
+
+def _pack_exception(exc: BaseException, dumps: Any) -> tuple[BaseException, Any]:
+    return exc, sys.exc_info()[2]
+
+
 def _run_threads(tasks: Sequence[Task], on_result: OnResult, workers: int) -> None:
+    """Run ``tasks`` on Dask's local (threaded) scheduler with a pool of ``workers`` threads.
+
+    Dask's own threaded ``get`` keeps only as many tasks in flight as there are threads, so
+    a thread that finishes a task idles until the calling thread has recorded the result and
+    handed it the next one. Here the scheduler keeps one more task queued per thread, so the
+    threads go straight on while results are recorded.
+    """
     from dask.callbacks import Callback
+    from dask.local import get_async
 
     by_key = {t.delayed.key: t for t in tasks}
+    pool = _pool(workers)
 
     class _Record(Callback):  # type: ignore[misc]
         def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:  # noqa: A002
@@ -127,11 +158,18 @@ def _run_threads(tasks: Sequence[Task], on_result: OnResult, workers: int) -> No
             if task is not None:  # Dask calls this in the calling thread
                 on_result(task, result)
 
+    def get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return get_async(pool.submit, 2 * workers, dsk, keys, get_id=threading.get_ident,
+                         pack_exception=_pack_exception, **kwargs)
+
     # Each task feeds a tiny sink, so its result is an intermediate that Dask drops once
     # recorded, instead of a final value held until every task has finished.
     sinks = [dask.delayed(_done, pure=True)(t.delayed, dask_key_name=f"done-{t.delayed.key}") for t in tasks]
-    with _Record():
-        dask.compute(*sinks, scheduler="threads", num_workers=workers)
+    try:
+        with _Record():
+            dask.compute(*sinks, scheduler=get)
+    finally:
+        release_shared()
 
 
 @contextmanager

@@ -33,7 +33,6 @@ from PIL import Image
 
 from imagery import errors
 from imagery.errors import InputError, OutputError, SitewatchError
-from imagery.mapview import png_bytes
 from imagery.scene import Scene
 from imagery.worker import BlockResult, SceneStats
 
@@ -196,7 +195,7 @@ class Job:
                 con.execute(
                     "INSERT OR REPLACE INTO scenes VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
                     (scene, signature, np.asarray(stats.lo, np.float32).tobytes(), np.asarray(stats.hi, np.float32).tobytes(),
-                     png_bytes(stats.quicklook), stats.quicklook_scale, stats.valid_fraction),
+                     stats.png(), stats.quicklook_scale, stats.valid_fraction),
                 )
             else:
                 kind = type(stats).__name__ if isinstance(stats, InputError) else "InputError"
@@ -234,7 +233,7 @@ class Job:
         else:
             ql = np.zeros((1, 1, 3), np.uint8)
         return SceneStats(np.frombuffer(row[1], np.float32).copy(), np.frombuffer(row[2], np.float32).copy(),
-                          ql, float(row[4]), float(row[5]))
+                          ql, float(row[4]), float(row[5]), quicklook_png=bytes(row[3]) if quicklook else b"")
 
     def blocks(self, con: sqlite3.Connection, scene: int) -> Iterator[BlockResult]:
         """A scene's recorded blocks, in block order."""

@@ -47,6 +47,7 @@ class MapLayer:
         scores: ``(n,)`` scores.
         lonlat: ``(n, 2)`` box centres as longitude, latitude.
         bounds_lonlat: Scene ``(west, south, east, north)``.
+        png: ``image`` already encoded as PNG (it is encoded here when empty).
     """
 
     scene: str
@@ -57,6 +58,7 @@ class MapLayer:
     scores: np.ndarray
     lonlat: np.ndarray
     bounds_lonlat: tuple[float, float, float, float]
+    png: bytes = b""
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -240,8 +242,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _png_base64(image: np.ndarray) -> str:
-    return base64.b64encode(png_bytes(image)).decode("ascii")
+def _png_base64(layer: MapLayer) -> str:
+    return base64.b64encode(layer.png or png_bytes(layer.image)).decode("ascii")
 
 
 def _scene_svg(i: int, layer: MapLayer, cls_index: dict[str, int]) -> str:
@@ -258,7 +260,7 @@ def _scene_svg(i: int, layer: MapLayer, cls_index: dict[str, int]) -> str:
     return (
         f'<svg class="scene" id="scene-{i}" data-scene="{i}" viewBox="0 0 {w} {h}"{hidden} '
         f'role="img" aria-label="{html.escape(layer.scene)}">'
-        f'<image href="data:image/png;base64,{_png_base64(layer.image)}" x="0" y="0" width="{w}" height="{h}"/>'
+        f'<image href="data:image/png;base64,{_png_base64(layer)}" x="0" y="0" width="{w}" height="{h}"/>'
         f"<g>{rects}</g></svg>"
     )
 

@@ -55,8 +55,18 @@ class Normalisation:
         return lo, hi
 
 
-def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Map ``(bands, ...)`` raw values to model inputs with per-band ``lo``/``hi``."""
+def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Map ``(bands, ...)`` raw values to float32 model inputs with per-band ``lo``/``hi``.
+
+    Where ``valid`` (the trailing ``...`` shape) is given, invalid pixels become 0. ``data`` is
+    not modified; the result is a new array.
+    """
     shape = (-1,) + (1,) * (data.ndim - 1)
-    out = (data - lo.reshape(shape)) / (hi - lo).reshape(shape)
-    return np.clip(out, *CLIP).astype(np.float32, copy=False)
+    lo32 = np.asarray(lo, dtype=np.float32).reshape(shape)
+    span = (np.asarray(hi, dtype=np.float32) - np.asarray(lo, dtype=np.float32)).reshape(shape)
+    out = np.subtract(data, lo32, dtype=np.float32)
+    np.divide(out, span, out=out)
+    np.clip(out, *CLIP, out=out)
+    if valid is not None:
+        np.multiply(out, valid, out=out)
+    return out

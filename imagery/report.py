@@ -12,6 +12,7 @@ files inside that transaction, commits it, and then renames the files into place
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import platform
 import re
 import sqlite3
@@ -24,7 +25,7 @@ from PIL import Image
 
 from imagery.acquisition import acquisition_date
 from imagery.georef import pixel_to_map, to_lonlat
-from imagery.mapview import MapLayer, png_bytes, render_map_html
+from imagery.mapview import MapLayer, render_map_html
 from imagery.outputs import QUICKLOOK_DIR, Staging
 from imagery.scene import Scene
 from imagery.store import STORE_NAME, CandidateStore, Detection, RunInfo, SceneInfo, StoredDetection
@@ -213,8 +214,9 @@ def combined_record(runs: Sequence[RunInfo], counts: Mapping[str, int], stored: 
 
 
 def store_map_layers(scenes: Sequence[SceneInfo], detections: Sequence[StoredDetection],
-                     images: Mapping[str, np.ndarray]) -> list[MapLayer]:
-    """Quick-look layers of ``map.html`` for every scene with a quick-look image in ``images``."""
+                     images: Mapping[str, np.ndarray], pngs: Mapping[str, bytes] | None = None) -> list[MapLayer]:
+    """Quick-look layers of ``map.html`` for every scene with a quick-look image in ``images``
+    (``pngs``: the same images already encoded, where known)."""
     by_scene: dict[str, list[StoredDetection]] = {}
     for d in detections:
         by_scene.setdefault(d.scene, []).append(d)
@@ -229,7 +231,7 @@ def store_map_layers(scenes: Sequence[SceneInfo], detections: Sequence[StoredDet
             boxes=np.array([d.box_px for d in ds], dtype=float).reshape(-1, 4),
             classes=tuple(d.cls for d in ds), scores=np.array([d.score for d in ds]),
             lonlat=np.array([(d.lon, d.lat) for d in ds], dtype=float).reshape(-1, 2),
-            bounds_lonlat=s.bounds_lonlat,
+            bounds_lonlat=s.bounds_lonlat, png=(pngs or {}).get(s.name, b""),
         ))
     return layers
 
@@ -247,13 +249,15 @@ def write_outputs(summary: RunSummary, *, overwrite: bool, append: bool = False,
     out = summary.out
     staging = Staging(out)
     try:
-        images = {r.scene.name: r.stats.quicklook for r in summary.results if not r.failed and r.stats is not None}
+        done = [r for r in summary.results if not r.failed and r.stats is not None]
+        images = {r.scene.name: r.stats.quicklook for r in done if r.stats is not None}
+        pngs = {r.scene.name: r.stats.png() for r in done if r.stats is not None}
         existing = _quicklook_names(out) if append else set()
         quicklooks: dict[str, tuple[str, float]] = {}
         for r in summary.results:
             if r.scene.name in images and r.stats is not None:
                 name = _quicklook_name(r.scene.name, existing)
-                staging.write_bytes(name, png_bytes(images[r.scene.name]))
+                staging.write_bytes(name, pngs[r.scene.name])
                 quicklooks[r.scene.name] = (name, float(r.stats.quicklook_scale))
         record = run_record(summary, quicklooks)
         store_path = out / STORE_NAME
@@ -261,12 +265,12 @@ def write_outputs(summary: RunSummary, *, overwrite: bool, append: bool = False,
             store = CandidateStore(store_path)
             with store.write() as con:
                 store.add_run(summary, quicklooks=quicklooks, record=record, site_distance=site_distance, con=con)
-                names = _stage_documents(store, con, staging, images, summary)
+                names = _stage_documents(store, con, staging, images, pngs, summary)
             staging.commit([*(q for q, _ in quicklooks.values()), *names])
             return
         store = CandidateStore.create(staging.path(STORE_NAME))
         store.add_run(summary, quicklooks=quicklooks, record=record, site_distance=site_distance)
-        names = _stage_documents(store, None, staging, images, summary)
+        names = _stage_documents(store, None, staging, images, pngs, summary)
     except BaseException:
         staging.discard()
         raise
@@ -280,7 +284,7 @@ def write_outputs(summary: RunSummary, *, overwrite: bool, append: bool = False,
 
 
 def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, staging: Staging,
-                     images: dict[str, np.ndarray], summary: RunSummary) -> list[str]:
+                     images: dict[str, np.ndarray], pngs: dict[str, bytes], summary: RunSummary) -> list[str]:
     """Render detections.geojson, map.html and run.json of every run in the store into the staging directory."""
     with store.read(con) as c:
         detections = store.detections(con=c)
@@ -292,10 +296,11 @@ def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, stag
     staging.write_json("detections.geojson", {"type": "FeatureCollection", "features": detection_features(detections)})
     for s in scenes:
         if s.name not in images and s.quicklook and (summary.out / s.quicklook).is_file():
-            with Image.open(summary.out / s.quicklook) as im:
+            pngs[s.name] = (summary.out / s.quicklook).read_bytes()
+            with Image.open(io.BytesIO(pngs[s.name])) as im:
                 images[s.name] = np.asarray(im.convert("RGB"))
     title = f"sitewatch candidates: {', '.join(s.name for s in scenes)}"
-    staging.write_text("map.html", render_map_html(store_map_layers(scenes, detections, images), title,
+    staging.write_text("map.html", render_map_html(store_map_layers(scenes, detections, images, pngs), title,
                                                    summary.plan.model.spec.name))
     staging.write_json("run.json", combined_record(runs, counts, {s.name for s in scenes}))
     return ["detections.geojson", "map.html", "run.json"]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
@@ -354,13 +356,72 @@ def _row_runs(tiles: Sequence[Tile]) -> list[list[Tile]]:
     return runs
 
 
-class SceneReader:
-    """Open datasets of one scene for reading many windows (use inside a task)."""
+#: Datasets kept open by :class:`SceneReader` ``(shared=True)``, most recently used last, with
+#: a lock each. Keyed by path and, for local files, size, modification time and inode, so a
+#: file replaced on disk is opened afresh.
+_SHARED: OrderedDict[tuple[object, ...], tuple[rasterio.DatasetReader, threading.Lock]] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+#: Files kept open at most; the least recently used beyond this are dropped (closed once
+#: no reader holds them).
+SHARED_FILES = 16
 
-    def __init__(self, scene: Scene) -> None:
+
+def _shared_key(path: str) -> tuple[object, ...]:
+    if path.startswith("/vsi"):
+        return (path,)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _shared_open(path: str) -> tuple[rasterio.DatasetReader, threading.Lock]:
+    key = _shared_key(path)
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is not None:
+            _SHARED.move_to_end(key)
+            return found
+    found = (_open(path), threading.Lock())
+    with _SHARED_LOCK:
+        found = _SHARED.setdefault(key, found)
+        while len(_SHARED) > SHARED_FILES:
+            _SHARED.popitem(last=False)
+    return found
+
+
+def release_shared() -> None:
+    """Drop every dataset :class:`SceneReader` ``(shared=True)`` keeps open (each closes once
+    no reader holds it); the end of a run calls this so no file stays open after it."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
+class SceneReader:
+    """Open datasets of one scene for reading many windows (use inside a task).
+
+    With ``shared``, the datasets stay open in this process for later readers of the same
+    files (reads of one file are serialised by a lock), so GDAL's block cache keeps the
+    decoded blocks that overlapping tiles of neighbouring tasks share, instead of
+    decoding them again for every task.
+    """
+
+    def __init__(self, scene: Scene, *, shared: bool = False) -> None:
         self.scene = scene
         self._stack = ExitStack()
-        self._ds = {f: self._stack.enter_context(_open(f)) for f in scene.files}
+        self._locks: dict[str, AbstractContextManager[object]] = {}
+        if shared:
+            self._ds = {}
+            for f in scene.files:
+                self._ds[f], self._locks[f] = _shared_open(f)
+        else:
+            self._ds = {f: self._stack.enter_context(_open(f)) for f in scene.files}
+        #: Each file with the positions of its bands in the scene's band order.
+        self._groups: list[tuple[str, list[int]]] = [
+            (f, [k for k, b in enumerate(scene.bands) if b.path == f]) for f in scene.files
+        ]
+        self._groups = [(f, ks) for f, ks in self._groups if ks]
 
     def __enter__(self) -> SceneReader:
         return self
@@ -368,33 +429,46 @@ class SceneReader:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    def _lock(self, path: str) -> AbstractContextManager[object]:
+        return self._locks.get(path) or nullcontext()
+
     def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read a window (clipped to the raster) as float32 ``(bands, h, w)`` and a valid mask."""
+        """Read a window (clipped to the raster) as float32 ``(bands, h, w)`` and a valid mask.
+
+        A pixel is invalid where it is not finite, or where every band holds its file's
+        nodata value (a file without nodata makes no pixel nodata). The bands of one file
+        are read in one call, so a pixel-interleaved block is decoded once.
+        """
         window = Window(col_off, row_off, width, height)
         out = np.empty((len(self.scene.bands), height, width), dtype=np.float32)
-        valid = np.ones((height, width), dtype=bool)
-        nodata_all = np.ones((height, width), dtype=bool)
-        for k, band in enumerate(self.scene.bands):
-            ds = self._ds[band.path]
+        nodata_all: np.ndarray | None = None
+        has_nodata = True
+        floats = False
+        for path, ks in self._groups:
+            ds = self._ds[path]
             try:
-                with _gdal_env(band.path):
-                    data = ds.read(band.index, window=window)
+                with self._lock(path), _gdal_env(path):
+                    data = ds.read([self.scene.bands[k].index for k in ks], window=window)
             except RasterioError as exc:
                 raise CorruptRasterError(
-                    band.path,
+                    path,
                     f"pixel data cannot be read at window {window.col_off},{window.row_off} "
                     f"({_short(exc)}); the file may be truncated or damaged",
                 ) from None
-            out[k] = data
+            out[ks] = data
+            floats = floats or data.dtype.kind == "f"
             nd = ds.nodata
-            if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-                nodata_all &= data == nd
-            else:
-                nodata_all &= False
-        finite = np.isfinite(out).all(axis=0)
-        valid &= finite & ~nodata_all
-        if not finite.all():
-            np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            if nd is None or (isinstance(nd, float) and math.isnan(nd)):
+                has_nodata = False
+            elif has_nodata:
+                eq = np.logical_and.reduce(data == nd, axis=0)
+                nodata_all = eq if nodata_all is None else np.logical_and(nodata_all, eq, out=nodata_all)
+        valid = ~nodata_all if has_nodata and nodata_all is not None else np.ones((height, width), dtype=bool)
+        if floats:
+            finite = np.isfinite(out).all(axis=0)
+            if not finite.all():
+                valid &= finite
+                np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return out, valid
 
     def read_tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -442,7 +516,7 @@ class SceneReader:
         for k, band in enumerate(s.bands):
             ds = self._ds[band.path]
             try:
-                with _gdal_env(band.path):
+                with self._lock(band.path), _gdal_env(band.path):
                     data = ds.read(band.index, out_shape=(h, w))
             except RasterioError as exc:
                 raise CorruptRasterError(

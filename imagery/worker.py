@@ -17,7 +17,7 @@ from imagery.checkpoint import LoadedModel, file_sha256, load_checkpoint
 from imagery.errors import CheckpointError, SitewatchError
 from imagery.georef import box_corners, pixel_to_map, to_lonlat
 from imagery.inference import predict
-from imagery.mapview import quicklook_rgb
+from imagery.mapview import png_bytes, quicklook_rgb
 from imagery.normalise import Normalisation, apply
 from imagery.runtime import inference_model
 from imagery.scene import Scene, SceneReader
@@ -70,6 +70,13 @@ class SceneStats:
     #: Size and SHA-256 per file (:func:`file_facts`); the pipeline hashes the files beside the
     #: tasks and fills this in, so the statistics task that blocks wait for does no hashing.
     files: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: ``quicklook`` encoded as PNG once, in the task, for the job record, the quick-look file
+    #: and the map (empty: encode it where needed).
+    quicklook_png: bytes = b""
+
+    def png(self) -> bytes:
+        """The quick-look as PNG."""
+        return self.quicklook_png or png_bytes(self.quicklook)
 
 
 def file_facts(path: str) -> dict[str, object]:
@@ -89,7 +96,7 @@ def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) 
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
         ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
-        return SceneStats(lo, hi, ql, factor, float(valid.mean()))
+        return SceneStats(lo, hi, ql, factor, float(valid.mean()), quicklook_png=png_bytes(ql))
     except SitewatchError as exc:
         return exc
 
@@ -178,7 +185,6 @@ def detect_block(
     threads = worker_torch_threads(workers)
     torch.set_num_threads(threads)
     lm = get_model(model_path, checksum)
-    net = inference_model(lm.model, checksum, runtime, threads)
     skipped = failed = 0
     errors: list[str] = []
     kept_boxes, kept_scores, kept_labels = [], [], []
@@ -195,7 +201,7 @@ def detect_block(
             kept_labels.append(det.labels[keep])
         pending.clear()
 
-    with SceneReader(scene) as reader:
+    with inference_model(lm.model, checksum, runtime, threads) as net, SceneReader(scene, shared=True) as reader:
         for tile, read in reader.read_tiles(tiles):
             if isinstance(read, SitewatchError):
                 failed += 1
@@ -205,7 +211,7 @@ def detect_block(
             if not valid.any():
                 skipped += 1
                 continue
-            pending.append((tile, apply(data, stats.lo, stats.hi) * valid, valid))
+            pending.append((tile, apply(data, stats.lo, stats.hi, valid), valid))
             if len(pending) >= batch_size:
                 flush()
         if pending:

@@ -17,8 +17,9 @@ and one model, it times:
     computes; no seam merge and no georeferencing beyond TorchGeo's sample bounds. Several
     ``num_workers`` are tried; the fastest counts.
 
-Each figure is the median of ``--repeats`` runs; tiles/s counts each approach's own tiles,
-km²/s the scene area covered per second (for (a): tiles/s times the scene area per grid tile).
+Each figure is the median of ``--repeats`` runs; the repeats of (a) and (b) alternate, so a drift
+in the machine's speed reaches both. tiles/s counts each approach's own tiles, km²/s the scene
+area covered per second (for (a): tiles/s times the scene area per grid tile).
 The last two lines are ``end_to_end_vs_model_only R`` and ``end_to_end_vs_torchgeo R``
 (R = tiles/s of (b) over (a), and km²/s of (b) over (c)).
 
@@ -379,7 +380,7 @@ def read_tiles(s: Setup, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
             col, row, w, h = t.clipped(s.width, s.height)
             raw = src.read(list(range(1, len(BANDS) + 1)), window=Window(col, row, w, h)).astype(np.float32)
             ok = ~(raw == s.nodata).all(axis=0) if s.nodata is not None else np.ones((h, w), bool)
-            data[i, :, :h, :w] = apply(raw, s.lo, s.hi) * ok
+            data[i, :, :h, :w] = apply(raw, s.lo, s.hi, ok)
             valid[i, :h, :w] = ok
     return data, valid, len(grid)
 
@@ -436,10 +437,9 @@ def time_layout(
     return dt
 
 
-def model_only(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Figure, Figure | None]:
-    """(a): every layout; returns the figures, the floor and the one-worker figure."""
-    import torch
-
+def model_only(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], list[Callable[[], None]]]:
+    """(a): every layout, as empty figures and one callable per layout that times one more run
+    into its figure (so the caller can interleave the repeats of (a) and (b))."""
     t0 = time.perf_counter()
     data, valid, grid_tiles = read_tiles(s, args.model_tiles)
     print(f"\n(a) pre-read and normalised {len(data)} of the grid's {grid_tiles} tiles in "
@@ -468,18 +468,29 @@ def model_only(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Figure
             layouts.append((f"{n} threads x 1 thread, one shared model", [base] * n, 1))
         # Scaling: the same work on one core.
         layouts.append(("1 model x 1 thread (1 worker)", [base], 1))
-    figs = []
+    figs: list[Figure] = []
+    runs: list[Callable[[], None]] = []
     for name, models, each in layouts:
-        secs = []
-        for _ in range(args.repeats):
-            secs.append(time_layout(models, each, data, valid, s))
-        figs.append(Figure(name, len(data), secs, km2_per_tile * len(data)))
-        print(f"  {name}: {median(secs):.2f} s", flush=True)
-    torch.set_num_threads(n)
-    all_cores = [f for f in figs if "(1 worker)" not in f.name] or figs
+        fig = Figure(name, len(data), [], km2_per_tile * len(data))
+        figs.append(fig)
+
+        def run(fig: Figure = fig, models: list[Any] = models, each: int = each) -> None:
+            import torch
+
+            fig.seconds.append(time_layout(models, each, data, valid, s))
+            torch.set_num_threads(n)
+            print(f"  (a) {fig.name}: {fig.seconds[-1]:.2f} s", flush=True)
+
+        runs.append(run)
+    return figs, runs
+
+
+def model_only_summary(figs: Sequence[Figure]) -> tuple[Figure, Figure | None]:
+    """The floor (fastest layout using every core) and the one-worker figure of (a)."""
+    all_cores = [f for f in figs if "(1 worker)" not in f.name] or list(figs)
     floor = max(all_cores, key=lambda f: f.tiles_s)
     one = next((f for f in figs if "(1 worker)" in f.name), None)
-    return figs, floor, one
+    return floor, one
 
 
 # --------------------------------------------------------------------------- (b) detect
@@ -564,41 +575,39 @@ def run_detect(s: Setup, workers: int, out: Path, breakdown: bool) -> tuple[floa
     return dt, tiles, summary.counts(), bd.totals, bd.calls
 
 
-def end_to_end(s: Setup, args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], Figure, Figure | None]:
-    """(b): detect with N workers and with 1; returns the figures, the N-worker one and the 1-worker one."""
+def end_to_end(s: Setup, args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[Callable[[], None]]]:
+    """(b): detect with N workers and with 1, as empty figures and one callable per worker
+    count that times one more run into its figure."""
     from imagery.pipeline import DetectSettings
 
     if args.device == "cuda" and "device" not in {f.name for f in dataclasses.fields(DetectSettings)}:
         print("\n(b) note: DetectSettings has no device setting; detect runs its model where get_model puts it")
-    counts = sorted({s.workers, 1}, reverse=True)
-    figs = []
-    for w in counts:
-        secs: list[float] = []
-        tiles = 0
-        last: tuple[dict[str, int], dict[str, float], dict[str, int]] = ({}, {}, {})
-        for rep in range(args.repeats):
-            out = workdir / f"detect-w{w}-r{rep}"
+    figs: list[Figure] = []
+    runs: list[Callable[[], None]] = []
+    for w in sorted({s.workers, 1}, reverse=True):
+        fig = Figure(f"detect, {w} worker{'s' if w > 1 else ''}", 0, [], s.km2)
+        figs.append(fig)
+
+        def run(fig: Figure = fig, w: int = w) -> None:
+            out = workdir / f"detect-w{w}-r{len(fig.seconds)}"
             dt, tiles, dets, totals, calls = run_detect(s, w, out, args.breakdown)
-            secs.append(dt)
-            last = (dets, totals, calls)
+            fig.seconds.append(dt)
+            fig.tiles = tiles
             if not args.keep_outputs:
                 import shutil
 
                 shutil.rmtree(out, ignore_errors=True)
-        name = f"detect, {w} worker{'s' if w > 1 else ''}"
-        figs.append(Figure(name, tiles, secs, s.km2))
-        dets, totals, calls = last
-        print(f"  {name}: {median(secs):.2f} s; detections {dets}", flush=True)
-        if totals:
-            parts = "; ".join(f"{k} {v:.2f} s ({calls[k]} calls)" for k, v in totals.items())
-            print(f"    last run, wall inside / thread-seconds summed over workers: {parts}")
-            if "block tasks" in totals and "predict() in blocks" in totals:
-                blk, prd = totals["block tasks"], totals["predict() in blocks"]
-                print(f"    blocks spent {prd / blk:.0%} of their thread-time in predict(); "
-                      f"{blk - prd:.2f} thread-s reading, normalising, in-core filtering, georeferencing")
-    full = figs[0]
-    one = figs[-1] if len(figs) > 1 else None
-    return figs, full, one
+            print(f"  (b) {fig.name}: {dt:.2f} s; detections {dets}", flush=True)
+            if totals:
+                parts = "; ".join(f"{k} {v:.2f} s ({calls[k]} calls)" for k, v in totals.items())
+                print(f"      wall inside / thread-seconds summed over workers: {parts}")
+                if "block tasks" in totals and "predict() in blocks" in totals:
+                    blk, prd = totals["block tasks"], totals["predict() in blocks"]
+                    print(f"      blocks spent {prd / blk:.0%} of their thread-time in predict(); "
+                          f"{blk - prd:.2f} thread-s reading, normalising, in-core filtering, georeferencing")
+
+        runs.append(run)
+    return figs, runs
 
 
 # --------------------------------------------------------------------------- (c) TorchGeo
@@ -737,9 +746,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({lm.path}); tiles {s.tile_size} overlap {s.overlap}, batch {s.batch_size}, {s.workers} workers, "
               f"device {args.device}, runtime {s.runtime} for (a) and (b)")
 
-        a_figs, floor, a_one = model_only(s, args)
-        print("\n(b) detect end to end", flush=True)
-        b_figs, b_full, b_one = end_to_end(s, args, workdir)
+        # (a) and (b) take turns, repeat by repeat, so a drift in the machine's speed (other
+        # tenants, thermal limits) reaches both and not only their ratio.
+        a_figs, a_runs = model_only(s, args)
+        b_figs, b_runs = end_to_end(s, args, workdir)
+        print(f"\n(a) model only and (b) detect end to end, alternating, {args.repeats} repeats", flush=True)
+        for rep in range(args.repeats):
+            print(f" repeat {rep + 1}", flush=True)
+            for run in [*a_runs, *b_runs]:
+                run()
+        floor, a_one = model_only_summary(a_figs)
+        b_full = b_figs[0]
+        b_one = b_figs[-1] if len(b_figs) > 1 else None
         c_figs: list[Figure] = []
         c_best = None
         if not args.skip_torchgeo:

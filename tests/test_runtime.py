@@ -40,9 +40,12 @@ def test_predict_through_onnx_finds_what_torch_finds() -> None:
     batch[:, :, 60:66, 60:70] = 2.5  # something bright for the heatmap to peak on
     valid = np.ones((2, 128, 128), bool)
     want = predict(lm.model, batch, valid, 0.05)
-    net = inference_model(lm.model, lm.checksum, "onnx", 1)
-    assert net is inference_model(lm.model, lm.checksum, "onnx", 1)  # one session per process
-    got = predict(net, batch, valid, 0.05)
+    with inference_model(lm.model, lm.checksum, "onnx", 1) as net:
+        with inference_model(lm.model, lm.checksum, "onnx", 1) as other:
+            assert other is not net  # a borrowed session is not lent twice
+        with inference_model(lm.model, lm.checksum, "onnx", 1) as again:
+            assert again is other  # a returned one is lent again, not made anew
+        got = predict(net, batch, valid, 0.05)
     for g, w in zip(got, want, strict=True):
         assert len(g.scores) == len(w.scores) > 0
         np.testing.assert_allclose(g.scores, w.scores, atol=1e-4)

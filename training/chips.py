@@ -175,7 +175,7 @@ def read_chips(
                 valid &= region.mask(w)
             else:
                 valid &= ~region.mask(w)
-            data = apply(raw, stats.lo, stats.hi) * valid
+            data = apply(raw, stats.lo, stats.hi, valid)
             inside = np.zeros(len(centres), bool)
             if len(centres):
                 inside = ((centres[:, 0] >= w.col_off) & (centres[:, 0] < w.col_off + w.size)
