@@ -157,6 +157,7 @@ class Job:
                 con.executescript(_SCHEMA)
                 con.execute("INSERT OR REPLACE INTO job VALUES ('fingerprint', ?)", (key,))
         except (OSError, sqlite3.Error) as exc:
+            job.discard()
             raise OutputError(f"--out {out}: cannot keep the job's records in {job.dir} ({exc})") from None
         return job
 
@@ -190,7 +191,7 @@ class Job:
     def record_stats(self, con: sqlite3.Connection, scene: int, signature: str,
                      stats: SceneStats | SitewatchError) -> None:
         """Record a scene's statistics, or the error that stopped them."""
-        with con:
+        with self._writing(), con:
             if isinstance(stats, SceneStats):
                 con.execute(
                     "INSERT OR REPLACE INTO scenes VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
@@ -206,12 +207,22 @@ class Job:
 
     def record_block(self, con: sqlite3.Connection, scene: int, block: int, result: BlockResult) -> None:
         """Record one block of tiles."""
-        with con:
+        with self._writing(), con:
             con.execute(
                 "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (scene, block, result.tiles_total, result.tiles_skipped, result.tiles_failed,
                  json.dumps(list(result.errors)), _array_blob(result.detections)),
             )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write of the records (a full disk, a vanished directory) into one
+        clear :class:`OutputError`; what was recorded before stays, so the job can resume."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"--out {self.out}: cannot record finished work in {self.dir} ({exc}); "
+                              "free some space and run the same command again to resume") from None
 
     def stats(self, con: sqlite3.Connection, scene: int, *, quicklook: bool = True) -> SceneStats | InputError | None:
         """A scene's recorded statistics, the error that stopped them, or ``None``."""

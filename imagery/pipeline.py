@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from imagery.execution import check_scheduler, run_tasks
+from imagery.georef import ground_pixel_m
 from imagery.inputs import expand_inputs, open_input
 from imagery.jobs import Job, fingerprint, recorded_fingerprint, scene_signature
 from imagery.merge import suppress
@@ -120,6 +122,8 @@ class Plan:
     settings: DetectSettings
     #: Inputs that could not be opened, as ``(input, error)``, when the plan was asked to go on without them.
     unopened: tuple[tuple[str, InputError], ...] = ()
+    #: Warnings about scenes that run but may give poor detections, as ``(scene source, message)``.
+    warnings: tuple[tuple[str, str], ...] = ()
 
 
 def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettings, *,
@@ -159,7 +163,26 @@ def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettin
             raise unopened[0][1]
         raise InputError(f"{len(unopened)} inputs", f"none could be opened, nothing was written; the first: {unopened[0][1]}")
     grids = tuple(TileGrid(sc.width, sc.height, s.tile_size, s.overlap) for sc in scenes)  # type: ignore[arg-type]
-    return Plan(loaded, str(model), tuple(scenes), grids, s, tuple(unopened))
+    warnings = tuple((sc.source, w) for sc in scenes if (w := resolution_warning(sc, loaded.spec)) is not None)
+    return Plan(loaded, str(model), tuple(scenes), grids, s, tuple(unopened), warnings)
+
+
+#: A scene whose ground pixel size differs from the model's by more than this factor (either
+#: way) gets a warning: its objects are that much smaller or larger than the model learned.
+RESOLUTION_TOLERANCE = 1.5
+
+
+def resolution_warning(scene: Scene, spec: ModelSpec) -> str | None:
+    """A warning naming the scene when its ground pixel size is far from the model's, else ``None``."""
+    px = ground_pixel_m(scene.affine, scene.crs_wkt, scene.width / 2, scene.height / 2)
+    ratio = px / spec.pixel_size_m
+    if not math.isfinite(ratio) or 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE:
+        return None
+    size = f"{spec.pixel_size_m:g}"
+    return (f"{scene.source}: pixels are {px:.3g} m on the ground but model {spec.name} was trained on {size} m "
+            f"pixels, so objects look {max(ratio, 1 / ratio):.1f}x {'smaller' if ratio > 1 else 'larger'} than it "
+            f"learned and may be missed; resample the scene to {size} m (gdalwarp -tr {size} {size} -r bilinear "
+            "FILE resampled.tif) or use a model trained at this resolution")
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def run_record(summary: RunSummary, quicklooks: Mapping[str, tuple[str, float]] 
             "files": r.stats.files if r.stats else {},
             "tiles": {"total": r.tiles_total, "skipped": r.tiles_skipped, "failed": r.tiles_failed, "grid": list(grid.shape)},
             "detections": int(len(r.detections["scores"])) if r.detections else 0,
+            "warnings": [w for src, w in p.warnings if src == r.scene.source],
         })
         if not r.failed:
             ql = (quicklooks or {}).get(r.scene.name)

@@ -135,6 +135,10 @@ def _open(path: str) -> rasterio.DatasetReader:
 
 
 def _short(exc: BaseException) -> str:
+    """GDAL's reason in one line: rasterio's "See previous exception" points at the cause."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in str(exc) and str(cause).strip():
+        exc = cause
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
 
@@ -154,9 +158,16 @@ def _check_grid(path: str, src: rasterio.DatasetReader) -> None:
         )
     if src.transform.is_degenerate:
         raise NotGeoreferencedError(path, "raster's geotransform is degenerate (zero pixel size)")
+    if src.transform.b != 0 or src.transform.d != 0:
+        raise NotGeoreferencedError(
+            path,
+            "raster's geotransform is rotated or sheared; sitewatch reads north-up grids: "
+            "warp it first (gdalwarp FILE north_up.tif)",
+        )
     if src.dtypes[0] not in SUPPORTED_DTYPES:
         raise BandError(
-            path, f"pixel type {src.dtypes[0]} is not supported; use uint8, uint16 or float32"
+            path, f"pixel type {src.dtypes[0]} is not supported; convert it to one of {', '.join(SUPPORTED_DTYPES)} "
+            "(gdal_translate -ot UInt16 ...)"
         )
 
 

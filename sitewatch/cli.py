@@ -137,9 +137,15 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
                               tiles_per_task=tiles_per_task, tta=tta, runtime=runtime)
     progress = _Progress(sys.stderr.isatty())
+
+    def on_plan(p: Any) -> None:
+        for _, warning in p.warnings:
+            click.echo(f"sitewatch: warning: {warning}", err=True)
+        progress.plan(p)
+
     try:
         summary = run_detect(list(inputs), model, out, settings, overwrite=overwrite, scheduler=scheduler,
-                             recursive=recursive, fail_fast=fail_fast, on_tiles=progress.tiles, on_plan=progress.plan,
+                             recursive=recursive, fail_fast=fail_fast, on_tiles=progress.tiles, on_plan=on_plan,
                              on_scene=progress.scene, on_dashboard=_dashboard, append=append,
                              site_distance=parse_site_distances(site_distance))
     except KeyboardInterrupt:
