@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -400,7 +401,10 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
         if on_scene and remaining[task.scene] == 0:
             on_scene(p.scenes[task.scene].name)
 
+    first_done = threading.Event()
+
     def on_result(task: Task, value: Any) -> None:
+        first_done.set()
         sc = p.scenes[task.scene]
         if task.block is None:
             job.record_stats(con, task.scene, signatures[task.scene], value)
@@ -426,11 +430,19 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
         finished(task)
 
     # File checksums for run.json, computed in a client thread while the tasks run (hashlib
-    # releases the GIL): off the tasks' critical path, and the client is otherwise idle.
+    # releases the GIL): off the tasks' critical path, and the client is otherwise idle. They
+    # start once a first task is done, so they do not slow the statistics every block waits for.
+    def hash_files() -> list[dict[str, dict[str, object]]]:
+        first_done.wait()
+        return [{f: file_facts(f) for f in sc.files} for sc in p.scenes]
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        checksums = pool.submit(lambda: [{f: file_facts(f) for f in sc.files} for sc in p.scenes])
-        run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
-                  on_dashboard=on_dashboard)
+        checksums = pool.submit(hash_files)
+        try:
+            run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
+                      on_dashboard=on_dashboard)
+        finally:
+            first_done.set()
         return checksums.result()
 
 
