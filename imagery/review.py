@@ -2,7 +2,7 @@
 
 A standard-library :class:`http.server.ThreadingHTTPServer` (no web framework) that serves
 one page (:mod:`imagery.review_page`: inline HTML, CSS and JavaScript, no external URL) and
-a small JSON API over :class:`~imagery.store.CandidateStore`:
+a small JSON API over :class:`~imagery.store.CandidateStore` (the routes: :data:`ROUTES`):
 
 =======  =================================  =============================================
 GET      ``/``                              the review page
@@ -22,9 +22,11 @@ Safety, for a server that holds reviewers' decisions and reads files:
 * Nothing is served by joining a request path onto the filesystem: ids and scene names are
   looked up in the store (SQL parameters), and a quick-look's file comes from the store's
   record of that scene, resolved and checked to lie inside the run directory.
-* State changes only by POST, with a JSON body (``Content-Type: application/json``, at most
-  :data:`MAX_BODY` bytes), refused (403) when an ``Origin`` header names another origin or
-  ``Sec-Fetch-Site`` says the request comes from another site.
+* State changes only by POST, with a JSON body (``Content-Type: application/json``, one
+  ``Content-Length`` of at most :data:`MAX_BODY` bytes, no chunks), refused (403) when an
+  ``Origin`` header names another origin or ``Sec-Fetch-Site`` says the request comes from
+  another site. After a refused POST (or any request with a body no route reads) the
+  connection is closed, so no unread bytes are taken for the next request.
 * Every error is JSON ``{"error": "..."}`` with a 4xx code (500 for a bug, without detail);
   no traceback reaches the client or the terminal.
 * The page inserts every text with ``textContent`` and is served with a Content Security
@@ -42,6 +44,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +75,8 @@ MAX_BODY = 64 * 1024
 #: Longest note and reviewer name, in characters.
 MAX_NOTE = 2000
 MAX_REVIEWER = 100
+#: Longest site id or scene name looked up; a longer one is not found (and not echoed back).
+MAX_NAME = 500
 #: An image chip is the footprint plus this much context: its side is this times the footprint's longer side ...
 CHIP_CONTEXT = 3.0
 #: ... but at least and at most this many scene pixels.
@@ -91,6 +96,11 @@ DEFAULT_THRESHOLD = 0.5
 SORTS = {"score": "desc", "uncertainty": "desc", "class": "asc", "status": "asc", "id": "asc", "date": "asc"}
 #: Seconds an idle or slow connection is kept.
 SOCKET_TIMEOUT_S = 30.0
+#: A connection the server ends is first drained of what the client still sends, for at most this
+#: long and this many bytes: closing a socket with unread bytes makes the kernel reset the connection,
+#: and the reset can discard the answer (a 413 for a body too long) before the client reads it.
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
 #: Host names that are this machine (the ``Host`` header on a loopback-bound server).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -106,6 +116,54 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: its path, the methods it answers and the query parameters it takes.
+
+    A segment of ``pattern`` in braces (``{id}``, ``{name}``) is an argument: one path
+    segment, percent-decoded, which the handler looks up in the store (never on the disk).
+    """
+
+    name: str
+    pattern: tuple[str, ...]
+    methods: tuple[str, ...] = ("GET",)
+    #: Query parameters the route takes (any other is a 400).
+    params: frozenset[str] = frozenset()
+    #: Those of ``params`` that name something in the store (a scene), like a path argument.
+    lookups: frozenset[str] = frozenset()
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The argument segments of ``pattern``, such as ``("{id}",)``."""
+        return tuple(seg for seg in self.pattern if seg.startswith("{"))
+
+    def match(self, parts: Sequence[str]) -> list[str] | None:
+        """The arguments of a request's path segments, or None if this route is not that path."""
+        if len(parts) != len(self.pattern):
+            return None
+        args = []
+        for seg, part in zip(self.pattern, parts, strict=True):
+            if seg.startswith("{"):
+                args.append(part)
+            elif seg != part:
+                return None
+        return args
+
+
+#: Every route of the server (the module docstring's table); ``_Handler`` answers each by its name.
+ROUTES: tuple[Route, ...] = (
+    Route("page", ("",)),
+    Route("summary", ("api", "summary")),
+    Route("sites", ("api", "sites"), params=frozenset(_LIST_PARAMS)),
+    Route("site", ("api", "sites", "{id}")),
+    Route("review", ("api", "sites", "{id}", "review"), methods=("POST",)),
+    Route("chip", ("api", "sites", "{id}", "chip.png"), params=frozenset({"scene", "v"}),
+          lookups=frozenset({"scene"})),
+    Route("scenes", ("api", "scenes")),
+    Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
+)
 
 
 # --- the application: plain functions of the store, no HTTP ---------------------------------
@@ -395,6 +453,9 @@ class ReviewApp:
             raise HTTPError(400, "reviewer: must not hold control characters (newlines, tabs...)")
         if "\x00" in note:
             raise HTTPError(400, "note: must not hold NUL characters")
+        for field, text in (("note", note), ("reviewer", reviewer)):
+            if not _is_unicode(text):
+                raise HTTPError(400, f"{field}: must be Unicode text (a lone surrogate such as \\ud800 is not)")
         review = self.store.review(site_id, status, reviewer.strip(), note)
         with self.store.read() as con:
             site = self.require_site(site_id, con)
@@ -428,6 +489,8 @@ class ReviewApp:
         Raises:
             HTTPError: 404 no such scene, or it has no quick-look inside the run directory.
         """
+        if not name or len(name) > MAX_NAME:
+            raise HTTPError(404, "no such scene in this run")
         for s in self.store.scenes():
             if s.name == name:
                 path = self._quicklook_path(s.quicklook)
@@ -454,6 +517,8 @@ class ReviewApp:
             dets = self.store.detections(site_id=site_id, con=con)
             stored = {s.name: s for s in self.store.scenes(con=con)}
         name = scene_name if scene_name is not None else _chip_scene(dets)
+        if name is not None and len(name) > MAX_NAME:
+            raise HTTPError(404, "no such scene in this run")
         if name is None or name not in stored:
             raise HTTPError(404, f"scene {name!r}: no such scene in this run")
         if name not in {d.scene for d in dets} and not _covers(stored[name].bounds_lonlat, site.lon, site.lat):
@@ -477,8 +542,8 @@ class ReviewApp:
 
     def require_site(self, site_id: str, con: Any = None) -> Site:
         """The site ``site_id``; :class:`HTTPError` 404 if there is none."""
-        if not site_id or len(site_id) > 200:
-            raise HTTPError(404, "no such site")
+        if not site_id or len(site_id) > MAX_NAME:
+            raise HTTPError(404, "no such site in this run")
         try:
             return self.store.site(site_id, con=con)
         except NotFoundError:
@@ -492,6 +557,24 @@ class ReviewApp:
         if not path.is_relative_to(self.root) or path.suffix.lower() != ".png" or not path.is_file():
             return None
         return path
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be stored (UTF-8): JSON's ``\\ud800`` escapes decode to lone surrogates, which cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _whole_number(text: str, digits: int) -> int | None:
+    """``text`` as a whole number of at most ``digits`` ASCII digits, else None (``str.isdigit``
+    also accepts ``²`` and other digits that ``int`` refuses)."""
+    text = text.strip()
+    if not text or len(text) > digits or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def _review_json(r: Any) -> dict[str, Any]:
@@ -531,9 +614,9 @@ def _float_param(query: Mapping[str, Sequence[str]], name: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise HTTPError(400, f"{name} {text!r}: give a number such as 0.5") from None
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a number such as 0.5") from None
     if not math.isfinite(value):
-        raise HTTPError(400, f"{name} {text!r}: give a finite number")
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a finite number")
     return value
 
 
@@ -541,9 +624,10 @@ def _int_param(query: Mapping[str, Sequence[str]], name: str, default: int | Non
     text = _one(query, name, "")
     if text == "":
         return default
-    if not text.isdigit() or not lo <= int(text) <= hi:
-        raise HTTPError(400, f"{name} {text!r}: give a whole number from {lo} to {hi}")
-    return int(text)
+    value = _whole_number(text, len(str(hi)))
+    if value is None or not lo <= value <= hi:
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a whole number from {lo} to {hi}")
+    return value
 
 
 # --- chips ------------------------------------------------------------------------------------
@@ -679,6 +763,22 @@ class ReviewServer(ThreadingHTTPServer):
             host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
+    def shutdown_request(self, request: Any) -> None:
+        """End a connection so that the client reads its answer: send FIN, drain briefly, close."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            drained = 0
+            while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # already reset or closed by the client, or the time is up
+            pass
+        self.close_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Never print a traceback: one line, if a log is set."""
         exc = sys.exc_info()[1]
@@ -783,39 +883,38 @@ class _Handler(BaseHTTPRequestHandler):
             if self.request_version == "HTTP/0.9":
                 self.request_version = "HTTP/1.0"
                 raise HTTPError(400, "send an HTTP/1.0 or HTTP/1.1 request")
+            if method != "POST" and (self.headers.get("Content-Length", "").strip() not in ("", "0")
+                                     or "Transfer-Encoding" in self.headers):
+                self.close_connection = True  # a body no route reads: never parse it as the next request
             self._check_host()
             parts, query = self._parse_target()
             if method == "POST":
                 self._check_origin()
-            route, allowed, args = _route(parts)
-            if method not in allowed:
-                raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}",
-                                {"Allow": ", ".join(allowed)})
-            if route == "page":
-                _no_params(query, set())
+            route, args = _route(parts)
+            if method not in route.methods:
+                allowed = ", ".join(route.methods)
+                raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
+            _no_params(query, route.params)
+            if route.name == "page":
                 self._send_page()
-            elif route == "summary":
-                _no_params(query, set())
+            elif route.name == "summary":
                 self._send_json(200, app.summary())
-            elif route == "sites":
+            elif route.name == "sites":
                 self._send_json(200, app.list_sites(query))
-            elif route == "site":
-                _no_params(query, set())
+            elif route.name == "site":
                 self._send_json(200, app.site_detail(args[0]))
-            elif route == "review":
-                _no_params(query, set())
+            elif route.name == "review":
                 app.require_site(args[0])  # 404 before reading a body for a site that does not exist
                 self._send_json(200, app.post_review(args[0], self._read_json()))
-            elif route == "chip":
-                _no_params(query, {"scene", "v"})
+            elif route.name == "chip":
                 scene = _one(query, "scene", "") or None
                 self._send(200, "image/png", app.chip(args[0], scene), {"Cache-Control": "private, max-age=3600"})
-            elif route == "scenes":
-                _no_params(query, set())
+            elif route.name == "scenes":
                 self._send_json(200, app.scenes())
-            elif route == "quicklook":
-                _no_params(query, {"v"})
+            elif route.name == "quicklook":
                 self._send(200, "image/png", app.quicklook(args[0]), {"Cache-Control": "private, max-age=3600"})
+            else:  # a route added to ROUTES without a handler here: a bug (500)
+                raise NotImplementedError(f"route {route.name!r} has no handler")
         except HTTPError as exc:
             if method == "POST":
                 self.close_connection = True  # the body may be unread
@@ -832,7 +931,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a bug: answer 500 without detail, log one line
             if self.server.log is not None:
-                self.server.log(f"internal error on {method} {self.path[:200]!r}: {type(exc).__name__}: {exc}")
+                detail = " ".join(str(exc).split())[:300]  # one line, whatever the exception says
+                self.server.log(f"internal error on {method} {self.path[:200]!r}: {type(exc).__name__}: {detail}")
             self.close_connection = True
             self._send_json(500, {"error": "internal error; the server's terminal names it"})
 
@@ -852,10 +952,17 @@ class _Handler(BaseHTTPRequestHandler):
         return parts, query
 
     def _check_host(self) -> None:
-        """On a loopback-bound server, answer only to loopback host names (no DNS rebinding)."""
+        """On a loopback-bound server, answer only to loopback host names (no DNS rebinding).
+
+        The port is not checked: a page reached through a tunnel (``ssh -L 9000:127.0.0.1:8765``)
+        names the tunnel's port, and a rebinding attack needs a host name, not a port.
+        """
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            raise HTTPError(400, "send one Host header")
         if not self.server.loopback_only:
             return
-        host = self.headers.get("Host", "")
+        host = hosts[0] if hosts else ""
         if not host:  # an HTTP/1.0 tool without a Host header: no web page can send that
             return
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -866,12 +973,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _check_origin(self) -> None:
         """Refuse a state change from another origin (cross-site request forgery)."""
-        site = self.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in ("same-origin", "none"):
-            raise HTTPError(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:40]})")
-        origin = self.headers.get("Origin")
-        if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
-            raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
+        for site in self.headers.get_all("Sec-Fetch-Site") or []:
+            if site not in ("same-origin", "none"):
+                raise HTTPError(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:40]!r})")
+        for origin in self.headers.get_all("Origin") or []:
+            if origin != f"http://{self.headers.get('Host', '')}":
+                raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
 
     def _read_json(self) -> object:
         ctype = self.headers.get("Content-Type", "")
@@ -879,14 +986,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(415, "send the body as Content-Type: application/json")
         if self.headers.get("Transfer-Encoding"):
             raise HTTPError(411, "send a Content-Length, not a chunked body")
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             raise HTTPError(411, "send a Content-Length")
-        if not length_text.strip().isdigit():
+        if len(lengths) > 1:
+            raise HTTPError(400, "send one Content-Length")
+        text = lengths[0].strip().lstrip("0") or "0"
+        if not (text.isascii() and text.isdigit()):
             raise HTTPError(400, "Content-Length must be a whole number")
-        length = int(length_text)
-        if length > MAX_BODY:
-            raise HTTPError(413, f"body of {length} bytes; at most {MAX_BODY}")
+        length = _whole_number(text, len(str(MAX_BODY)))
+        if length is None or length > MAX_BODY:
+            raise HTTPError(413, f"body of {text[:20]} bytes; at most {MAX_BODY}")
         raw = self.rfile.read(length)
         if len(raw) != length:
             raise HTTPError(400, "body shorter than its Content-Length")
@@ -930,34 +1040,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def _route(parts: list[str]) -> tuple[str, tuple[str, ...], list[str]]:
-    """``(route, allowed methods, arguments)`` of a request's path segments.
+def _route(parts: list[str]) -> tuple[Route, list[str]]:
+    """The route of a request's path segments (see :data:`ROUTES`) and its arguments.
 
     Raises:
         HTTPError: 404 for any other path.
     """
-    get = ("GET",)
-    match parts:
-        case [""]:
-            return "page", get, []
-        case ["api", "summary"]:
-            return "summary", get, []
-        case ["api", "sites"]:
-            return "sites", get, []
-        case ["api", "scenes"]:
-            return "scenes", get, []
-        case ["api", "sites", site_id]:
-            return "site", get, [site_id]
-        case ["api", "sites", site_id, "review"]:
-            return "review", ("POST",), [site_id]
-        case ["api", "sites", site_id, "chip.png"]:
-            return "chip", get, [site_id]
-        case ["api", "scenes", name, "quicklook.png"]:
-            return "quicklook", get, [name]
+    for route in ROUTES:
+        args = route.match(parts)
+        if args is not None:
+            return route, args
     raise HTTPError(404, "no such page; the API is under /api (see the README)")
 
 
-def _no_params(query: Mapping[str, Sequence[str]], allowed: set[str]) -> None:
+def _no_params(query: Mapping[str, Sequence[str]], allowed: frozenset[str] | set[str]) -> None:
     unknown = sorted(set(query) - allowed)
     if unknown:
         hint = f"use {', '.join(sorted(allowed))}" if allowed else "this route takes none"

@@ -2,18 +2,24 @@
 
 From a real detect run: the page loads offline with no console errors, keyboard reviews are
 saved to the store and survive a restart, notes holding HTML stay text, filters and sorting
-work, chips load. Saves the README's screenshot, docs/review.png.
+work, chips load, and all of it under the page's own Content Security Policy. Markup in
+any text of the store (notes, reviewer, class and scene names, the run's name) is shown as
+text and never runs. Saves the README's screenshot, docs/review.png.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import make_review_run
+from conftest import AddScene, make_review_run
 
 from imagery.review import ReviewServer, make_server
 from imagery.store import CandidateStore
@@ -27,6 +33,7 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium) "
                 "to run the browser tests", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
+expect = sync_api.expect
 
 
 class Served:
@@ -44,19 +51,22 @@ class Served:
 
 
 class Page:
-    """A browser page that records console messages, page errors and every request."""
+    """A browser page that records console messages, page errors and every request.
 
-    def __init__(self, browser: Any, url: str) -> None:
-        # Playwright's waits evaluate strings, which the page's Content Security Policy forbids: bypass it here,
-        # which also makes the note test stricter (markup must stay text even without the CSP's help).
-        self.page = browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=True)
+    Playwright's ``wait_for_function`` evaluates strings, which the page's Content Security Policy
+    forbids: by default the CSP is bypassed, which also makes the markup tests stricter (markup
+    must stay text even without the CSP's help). ``csp=True`` keeps it; then wait with selectors
+    and ``expect`` only.
+    """
+
+    def __init__(self, browser: Any, url: str, *, csp: bool = False) -> None:
+        self.page = browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=not csp)
         self.console: list[tuple[str, str]] = []
         self.requests: list[str] = []
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))
         self.page.on("pageerror", lambda e: self.console.append(("pageerror", str(e))))
         self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.add_init_script("window.__pwned = 0;")
-        self.page.goto(url)
+        self.response = self.page.goto(url)
         self.page.wait_for_selector("body[data-ready='1']", timeout=15_000)
 
     def selected(self) -> str:
@@ -161,7 +171,7 @@ def test_review_with_keys_and_restart(browser: Any, run_dir: Path) -> None:
         p.page.wait_for_function("t => document.getElementById('site-id').textContent === t", arg=target)
         p.page.wait_for_selector("#log li .text")
         assert p.page.inner_text("#log li .text") == evil
-        assert p.page.evaluate("window.__pwned") == 0
+        assert p.page.evaluate("typeof window.__pwned") == "undefined"
         assert p.page.evaluate("document.querySelectorAll('#right img:not(#chip), #right b, #right script').length") == 0
         assert p.page.input_value("#note") == evil
         assert p.chip_width() > 0
@@ -238,3 +248,106 @@ def test_sample_mode(browser: Any, run_dir: Path) -> None:
         assert not p.errors(), p.errors()
     finally:
         s.stop()
+
+
+# --- markup and the Content Security Policy ------------------------------------------------------
+
+NOTE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+REVIEWER = '<b onmouseover="window.__pwned=3">ana</b>'
+CLASS = '<img src=x onerror="window.__pwned=4">'
+SCENE = '<svg onload="window.__pwned=5"></svg><script>window.__pwned=6</script>'
+RUN = "run <img src=x onerror=window.__pwned=7>"
+
+
+def _post_review(url: str, site_id: str, doc: dict[str, str]) -> None:
+    """Record a decision through the JSON API, from the page's own origin."""
+    u = urlsplit(url)
+    con = http.client.HTTPConnection(u.hostname or "", u.port, timeout=20)
+    try:
+        con.request("POST", f"/api/sites/{quote(site_id, safe='')}/review", json.dumps(doc).encode(),
+                    {"Content-Type": "application/json", "Origin": f"http://{u.netloc}"})
+        r = con.getresponse()
+        body = r.read()
+        assert r.status == 200, body
+    finally:
+        con.close()
+
+
+def _csp_messages(p: Page) -> list[tuple[str, str]]:
+    return [m for m in p.console if "Content Security Policy" in m[1]]
+
+
+@pytest.mark.parametrize("csp", [True, False], ids=["csp", "csp-bypassed"])
+def test_markup_in_the_store_is_text(browser: Any, tmp_path: Path, add_scene: AddScene, csp: bool) -> None:
+    """A note, a reviewer, a class, a scene and a run directory named with markup: all shown as text,
+    none of it runs (with the page's CSP, and without it: the page itself inserts text as text)."""
+    run = tmp_path / RUN
+    run.mkdir()
+    store = CandidateStore.create(run / "candidates.gpkg")
+    add_scene(store, SCENE, [(CLASS, 88.40, 22.60, 0.9), ("kiln", 88.42, 22.60, 0.4)], acquired="2024-01-05")
+    site_id = next(s.site_id for s in store.sites(cls=CLASS))
+    s = Served(run)
+    try:
+        _post_review(s.url, site_id, {"status": "unsure", "note": NOTE, "reviewer": REVIEWER})
+        p = Page(browser, s.url, csp=csp)
+        policy = p.response.headers["content-security-policy"]
+        assert "script-src 'nonce-" in policy and "unsafe-inline" not in policy and "unsafe-eval" not in policy
+
+        p.page.locator("#list tbody tr", has_text="__pwned=4").click()
+        expect(p.page.locator("#site-id")).to_have_text(site_id)
+        expect(p.page.locator("#log li .text")).to_have_text(NOTE)
+        # the chip cannot be cut (no scene files): once its error is shown, the page's image loads are over
+        expect(p.page.locator("#chip-msg")).to_have_text(re.compile("No image chip"))
+        p.page.hover("#log li .when")
+
+        assert p.page.evaluate("typeof window.__pwned") == "undefined"
+        assert p.page.text_content("#log li .text") == NOTE
+        assert REVIEWER in (p.page.text_content("#log li .when") or "")
+        assert p.page.input_value("#note") == NOTE
+        assert p.page.text_content("#site-class") == CLASS
+        assert CLASS in p.page.eval_on_selector_all("#f-class option", "os => os.map(o => o.textContent)")
+        assert CLASS in [r["cls"] for r in p.rows()]
+        assert p.page.text_content("#dets td") == SCENE
+        facts = p.page.text_content("#facts") or ""
+        assert SCENE in facts and REVIEWER in facts
+        assert (p.page.text_content("#map-scenes title") or "").startswith(SCENE)
+        assert p.page.text_content("#run") == RUN and RUN in p.page.title()
+        # nothing of the markup became an element
+        assert p.page.evaluate("document.querySelectorAll('[onerror], [onload], [onmouseover], b').length") == 0
+        assert p.page.evaluate("document.querySelectorAll('script').length") == 2  # the config and the page's
+        assert p.page.evaluate("document.querySelectorAll('img').length") == 1  # the chip
+        assert p.page.evaluate("document.querySelectorAll('svg').length") == 1  # the map
+        assert not [m for m in p.console if m[0] == "pageerror"], p.console
+        assert not _csp_messages(p), p.console  # the CSP had nothing to block
+        p.page.close()
+    finally:
+        s.stop()
+
+
+def test_page_works_under_its_csp(browser: Any, served: Served, run_dir: Path) -> None:
+    """The real page with its Content Security Policy enforced: it loads, draws the quick-looks and
+    the chip, saves a decision, logs nothing; and a script without the nonce is blocked."""
+    p = Page(browser, served.url, csp=True)
+    policy = p.response.headers["content-security-policy"]
+    nonce = re.search(r"script-src 'nonce-([\w-]+)'", policy)
+    assert nonce and p.page.get_attribute("script[nonce]", "nonce") in ("", nonce.group(1))  # hidden from the DOM
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    expect(p.page.locator("#chip-box")).not_to_have_class(re.compile("loading"))
+    assert p.page.eval_on_selector("#chip", "img => img.naturalWidth") > 0
+    assert p.page.eval_on_selector_all("#map-scenes image", "ims => ims.length") == 2
+
+    site = p.selected()
+    p.page.fill("#reviewer", "csp")
+    p.page.keyboard.press("Escape")
+    p.page.keyboard.press("n")
+    expect(p.page.locator("#site-id")).not_to_have_text(site)
+    expect(p.page.locator("#save-state")).to_have_text("all decisions saved")
+    assert CandidateStore.in_run_dir(run_dir).site(site).reviewer == "csp"
+    assert not p.errors(), p.errors()
+
+    # the policy is enforced: a script element without the nonce does not run
+    p.page.evaluate("""() => { const s = document.createElement('script');
+                               s.textContent = 'window.__injected = 1'; document.body.appendChild(s); }""")
+    assert p.page.evaluate("typeof window.__injected") == "undefined"
+    assert _csp_messages(p), p.console
+    p.page.close()
