@@ -13,7 +13,7 @@ import pytest
 from affine import Affine
 from pyproj import Transformer
 
-from imagery.errors import InputError
+from imagery.errors import InputError, UsageError
 from imagery.scene import Scene, open_scene
 from training.labels import LabelError, LabelOptions, LabelProblem, LabelSet, problem_summary, read_labels
 
@@ -62,8 +62,12 @@ def collection(*features: dict[str, Any], crs: str | None = None) -> dict[str, A
 
 
 def write(tmp_path: Path, name: str, doc: Any) -> Path:
+    """Write ``doc`` as JSON (NaN and Infinity as Python's json writes them), or text/bytes as they are."""
     path = tmp_path / name
-    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    if isinstance(doc, bytes):
+        path.write_bytes(doc)
+    else:
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     return path
 
 
@@ -223,32 +227,77 @@ def test_label_on_two_overlapping_scenes(tmp_path: Path, make_geotiff: MakeGeoTi
 GOOD_PX = (32.0, 32.0)
 
 
-def _bad_features() -> list[tuple[str, dict[str, Any], str]]:
+def utm_extent() -> str:
+    """The lon/lat box of the UTM scene as messages write it."""
+    corners = [utm_px(c, r) for c in (0, 64) for r in (0, 64)]
+    lons, lats = [c[0] for c in corners], [c[1] for c in corners]
+    return f"lon {min(lons):.5f}..{max(lons):.5f}, lat {min(lats):.5f}..{max(lats):.5f}"
+
+
+SWAPPED = "coordinates look like lat, lon; GeoJSON is lon, lat"
+
+
+def _bad_features() -> list[tuple[str, str, dict[str, Any], str, str]]:
+    """``(test id, problem kind, bad feature, text of its detail, text of the one-line error)``."""
     good_ll = utm_px(*GOOD_PX)
     bowtie = [utm_px(10, 10), utm_px(20, 20), utm_px(20, 10), utm_px(10, 20)]
     open_ring = [utm_px(10, 10), utm_px(20, 10), utm_px(20, 20), utm_px(10, 20)]
+    square = [utm_px(10, 10), utm_px(20, 10), utm_px(20, 20), utm_px(10, 20), utm_px(10, 10)]
+    with_inf = [*square[:2], [math.inf, square[2][1]], *square[3:]]
+    vessel = {"class": "vessel"}
     return [
-        ("outside", feature(point(100.0, 10.0), **{"class": "vessel"}), "lies in none"),
-        ("null-geometry", feature(None, **{"class": "vessel"}), "no geometry"),
-        ("invalid-geometry", feature(polygon(*bowtie, bowtie[0]), **{"class": "vessel"}), "Self-intersection"),
-        ("invalid-geometry", feature(polygon(*open_ring), **{"class": "vessel"}), "not closed"),
-        ("invalid-geometry", feature(polygon(*bowtie[:2], bowtie[0]), **{"class": "vessel"}), "at least 4"),
+        ("outside", "outside", feature(point(100.0, 10.0), **vessel), "lies in none",
+         f"1 label outside every image (feature 2): the 1 scene covers {utm_extent()}"),
+        ("null-geometry", "null-geometry", feature(None, **vessel), "no geometry", "1 label with no geometry"),
+        ("bowtie", "invalid-geometry", feature(polygon(*bowtie, bowtie[0]), **vessel), "Self-intersection",
+         "1 invalid geometry (feature 2: Self-intersection"),
+        ("unclosed-ring", "invalid-geometry", feature(polygon(*open_ring), **vessel), "not closed",
+         "ring 1 is not closed"),
+        ("ring-of-3", "invalid-geometry", feature(polygon(*bowtie[:2], bowtie[0]), **vessel), "at least 4",
+         "ring 1 has 3 positions; a ring needs at least 4"),
+        ("nan-point", "invalid-geometry", feature(point(math.nan, 43.3), **vessel), "not finite",
+         "point is not finite"),
+        ("infinity-ring", "invalid-geometry", feature(polygon(*with_inf), **vessel), "not finite",
+         "ring 1 position 3 is not finite"),
+        ("huge-integer", "invalid-geometry", feature(point(10**400, 43), **vessel), "not finite",
+         "point is not finite"),
+        ("text-coordinates", "invalid-geometry", feature(point("15", "43"), **vessel), "not a position",  # type: ignore[arg-type]
+         "point is not a position [x, y]"),
         (
+            "linestring",
             "unsupported-geometry",
-            feature({"type": "LineString", "coordinates": [good_ll, utm_px(5, 5)]}, **{"class": "vessel"}),
+            feature({"type": "LineString", "coordinates": [good_ll, utm_px(5, 5)]}, **vessel),
             "LineString",
+            "1 label of an unsupported geometry type (feature 2: LineString): use Polygon or Point",
         ),
-        ("unknown-class", feature(point(*good_ll), **{"class": "ship"}), "'ship'"),
-        ("missing-class", feature(point(*good_ll)), "'class'"),
-        ("crs-mismatch", feature(point(500_320.0, 4_799_680.0), **{"class": "vessel"}), "projected"),
-        ("swapped-coordinates", feature(point(good_ll[1], good_ll[0]), **{"class": "vessel"}), "lat,lon"),
-        ("invalid-status", feature(point(*good_ll), status="maybe", **{"class": "vessel"}), "'maybe'"),
+        ("unknown-class", "unknown-class", feature(point(*good_ll), **{"class": "ship"}), "'ship'",
+         "1 label of an unknown class (feature 2: class 'ship' (known: vessel, kiln))"),
+        ("class-not-text", "unknown-class", feature(point(*good_ll), **{"class": {"name": "vessel"}}),
+         "not a class name", "'class' is a JSON object, not a class name (known: vessel, kiln)"),
+        ("missing-class", "missing-class", feature(point(*good_ll)), "'class'", "1 label with no class"),
+        ("utm-metres", "crs-mismatch", feature(point(500_320.0, 4_799_680.0), **vessel), "projected metres",
+         "they look like projected metres, not lon/lat: declare their CRS in the file "
+         '("crs": {"type": "name", "properties": {"name": "EPSG:32633"}}) or pass --labels-crs EPSG:32633'),
+        ("swapped-by-place", "swapped-coordinates", feature(point(good_ll[1], good_ll[0]), **vessel), SWAPPED,
+         f"1 label with swapped coordinates (feature 2): {SWAPPED}"),
+        ("swapped-by-range", "swapped-coordinates", feature(point(30.0, 120.0), **vessel), SWAPPED,
+         f"1 label with swapped coordinates (feature 2): {SWAPPED}"),
+        ("lon-beyond-180", "out-of-range", feature(point(200.0, 10.0), **vessel), "coordinates like 200, 10",
+         "1 label with coordinates outside the lon/lat range (feature 2: coordinates like 200, 10): "
+         "longitude must be within -180..180 and latitude within -90..90"),
+        ("lat-beyond-90", "out-of-range", feature(point(100.0, -95.0), **vessel), "coordinates like 100, -95",
+         "outside the lon/lat range (feature 2: coordinates like 100, -95)"),
+        ("invalid-status", "invalid-status", feature(point(*good_ll), status="maybe", **vessel), "'maybe'",
+         "1 label with an unknown review status (feature 2: status 'maybe'): use confirmed, rejected"),
     ]
 
 
-@pytest.mark.parametrize(("kind", "bad", "detail"), _bad_features(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("kind", "bad", "detail", "expect"),
+    [pytest.param(*case[1:], id=case[0]) for case in _bad_features()],
+)
 def test_each_problem_kind_is_reported(
-    tmp_path: Path, make_geotiff: MakeGeoTiff, kind: str, bad: dict[str, Any], detail: str
+    tmp_path: Path, make_geotiff: MakeGeoTiff, kind: str, bad: dict[str, Any], detail: str, expect: str
 ) -> None:
     scene = utm_scene(make_geotiff)
     good = feature(point(*utm_px(*GOOD_PX)), **{"class": "vessel"})
@@ -258,6 +307,7 @@ def test_each_problem_kind_is_reported(
     message = str(err.value)
     assert message.startswith(f"{path}: 1 ")
     assert "feature 2" in message and "--skip-bad-labels" in message
+    assert expect in message
     assert "\n" not in message
     assert err.value.path == str(path)
     assert err.value.exit_code == 3
@@ -267,6 +317,17 @@ def test_each_problem_kind_is_reported(
     assert detail in out.problems[0].detail
     assert out.scenes[0].boxes.shape == (1, 4)  # the good label is kept
     assert out.counts["features"] == 2 and out.counts["problems"] == 1 and out.counts["positives"] == 1
+
+
+@pytest.mark.filterwarnings("error")
+def test_huge_coordinates_are_reported_without_warnings(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    # Found by scripts/fuzz_parsers.py: shapely warned about overflow (the CLI would print the warning).
+    scene = utm_scene(make_geotiff)
+    ring = [[15.0, 0.0], [0.0, 15.006], [15.006, 3.4e153], [15.0, 3.4e153], [15.0, 0.0]]
+    path = write(tmp_path, "huge.geojson", collection(feature(polygon(*ring), **{"class": "vessel"})))
+    out = read_labels([path], [scene], opts(skip_problems=True))
+    assert [p.kind for p in out.problems] == ["invalid-geometry"]
+    assert out.problems[0].detail.startswith("Self-intersection")
 
 
 def test_feature_id_names_the_item(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
@@ -285,7 +346,8 @@ def test_skip_problems_keeps_good_labels_and_summary_groups(tmp_path: Path, make
     with pytest.raises(LabelError) as err:
         read_labels([path], [scene], opts())
     assert str(err.value) == (
-        f"{path}: 5 labels outside every image (feature 4, feature 5, feature 6, and 2 more); "
+        f"{path}: 5 labels outside every image (feature 4, feature 5, feature 6, and 2 more): "
+        f"the 1 scene covers {utm_extent()}; "
         "1 label of an unknown class (feature 9: class 'ship' (known: vessel, kiln)); "
         "fix them, or pass --skip-bad-labels to train without them"
     )
@@ -441,29 +503,226 @@ def test_coco_image_matching_two_scenes_is_unmatched(tmp_path: Path, make_geotif
 # --- files that are not labels --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "content", "reason"),
-    [
-        ("notes.geojson", "this is not json", "not JSON"),
-        ("table.csv", "x,y\n1,2\n", "not JSON"),
-        ("other.json", {"foo": 1}, "neither GeoJSON"),
-        ("geom.geojson", {"type": "Polygon", "coordinates": []}, "type 'Polygon'"),
-        ("list.json", [1, 2], "neither GeoJSON"),
-        ("empty.geojson", {"type": "FeatureCollection", "features": []}, "has no features"),
-        ("badcoco.json", {"images": [{"id": 1}], "annotations": []}, "not a COCO"),
-        ("badcrs.geojson", collection(feature(None), crs="EPSG:999999"), "does not understand"),
-    ],
-)
+def _coco_doc(**changes: Any) -> dict[str, Any]:
+    """A one-box COCO document with some top-level members replaced."""
+    doc = {
+        "images": [{"id": 1, "file_name": "utm.tif", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}],
+        "categories": [{"id": 1, "name": "vessel"}],
+    }
+    doc.update(changes)
+    return doc
+
+
+GOOD_FEATURE = feature(point(15.004, 43.35), **{"class": "vessel"})
+
+UNREADABLE_FILES = [
+    # not JSON at all
+    ("notes.geojson", "this is not json", "not JSON (Expecting value at line 1 column 1); labels must be GeoJSON"),
+    ("table.csv", "x,y\n1,2\n", "not JSON"),
+    ("empty-file.geojson", "", "not JSON (Expecting value at line 1 column 1)"),
+    ("truncated.geojson", '{"type": "FeatureCollection", "features": [', "not JSON (Expecting value at line 1"),
+    ("latin1.geojson", '{"name": "S\u00e3o Paulo"}'.encode("latin-1"), "not JSON (not UTF-8 text)"),
+    ("deep.geojson", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    ("digits.geojson", '{"type": "Feature", "coordinates": [' + "1" * 5000 + "]}", "JSON that cannot be read"),
+    # JSON, but neither GeoJSON nor COCO
+    ("other.json", {"foo": 1}, "neither GeoJSON (a FeatureCollection or Feature) nor COCO"),
+    ("no-type.geojson", {"features": [GOOD_FEATURE]}, "it is an object with no 'type'; export the labels as GeoJSON"),
+    ("foo.geojson", {"type": "Foo", "features": [GOOD_FEATURE]}, "it is an object of type 'Foo'"),
+    ("geom.geojson", {"type": "Polygon", "coordinates": []}, "type 'Polygon'"),
+    ("list.json", [1, 2], "it is a JSON list"),
+    ("string.json", '"labels"', "it is a JSON str"),
+    ("nan.json", "NaN", "it is a JSON float"),
+    ("null.json", "null", "it is a JSON NoneType"),
+    # GeoJSON with nothing to train on, or no way to place it
+    ("empty.geojson", {"type": "FeatureCollection", "features": []}, "has no features; label some objects or leave"),
+    ("features-null.geojson", {"type": "FeatureCollection", "features": None}, "has no 'features' list"),
+    ("features-dict.geojson", {"type": "FeatureCollection", "features": {"a": 1}}, "has no 'features' list"),
+    ("badcrs.geojson", collection(feature(None), crs="EPSG:999999"), "which pyproj does not understand"),
+    ("vertical-crs.geojson", collection(GOOD_FEATURE, crs="EPSG:5703"), "a Vertical CRS, not a geographic or projected"),
+    ("crs-text.geojson", {**collection(GOOD_FEATURE), "crs": "EPSG:4326"}, "has a 'crs' member sitewatch cannot read"),
+    # COCO that is not COCO detection JSON
+    ("badcoco.json", {"images": [{"id": 1}], "annotations": []}, "not a COCO"),
+    ("coco-no-categories.json", {"images": [], "annotations": []}, "not a COCO detection file (no 'categories' list)"),
+    ("coco-name.json", _coco_doc(categories=[{"id": 1, "name": 5}]), "category 1 has no 'name' text"),
+    ("coco-image-id.json", _coco_doc(images=[{"id": 2, "file_name": "utm.tif", "width": 64, "height": 64}]),
+     "annotation 1 has image_id 1, which no image has"),
+    ("coco-bbox.json", _coco_doc(annotations=[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3]}]),
+     "annotation 1 has no 'bbox' of four numbers"),
+    ("coco-bbox-text.json", _coco_doc(annotations=[{"image_id": 1, "category_id": 1, "bbox": "1234"}]),
+     "annotation 1 has no 'bbox' of four numbers"),
+    ("coco-width.json", _coco_doc(images=[{"id": 1, "file_name": "utm.tif", "width": -64, "height": 64}]),
+     "image 1 has no 'width' (a positive number of pixels)"),
+    ("coco-file-name.json", _coco_doc(images=[{"id": 1, "file_name": 7, "width": 64, "height": 64}]),
+     "image 1 has no 'file_name' text"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), UNREADABLE_FILES, ids=[c[0] for c in UNREADABLE_FILES])
 def test_unreadable_files_stop_at_once(
     tmp_path: Path, make_geotiff: MakeGeoTiff, name: str, content: Any, reason: str
 ) -> None:
-    scene = utm_scene(make_geotiff)
+    scene = utm_scene(make_geotiff, "utm.tif")
     path = write(tmp_path, name, content)
     with pytest.raises(LabelError) as err:
         read_labels([path], [scene], opts(skip_problems=True))
-    assert str(err.value).startswith(f"{path}: ")
-    assert reason in str(err.value)
-    assert isinstance(err.value, InputError)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert reason in message
+    assert "\n" not in message and len(message) < len(str(path)) + 400
+    assert isinstance(err.value, InputError) and err.value.exit_code == 3
+
+
+def test_label_file_entirely_off_the_scenes_names_both_extents(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    scene = utm_scene(make_geotiff)
+    feats = [feature(point(100.0, 10.0), **{"class": "vessel"}), feature(point(101.0, 11.5), **{"class": "kiln"})]
+    path = write(tmp_path, "elsewhere.geojson", collection(*feats))
+    with pytest.raises(LabelError) as err:
+        read_labels([path], [scene], opts())
+    assert str(err.value) == (
+        f"{path}: all 2 of its labels lie outside every image: the labels span lon 100.00000..101.00000, "
+        f"lat 10.00000..11.50000, the 1 scene covers {utm_extent()}; check that the file belongs to these images "
+        "and that its coordinates are lon/lat (or its CRS is declared), or leave it out"
+    )
+    assert err.value.exit_code == 3
+    # Told to skip bad labels, they are listed one by one like any other problem.
+    out = read_labels([path], [scene], opts(skip_problems=True))
+    assert [(p.kind, p.item) for p in out.problems] == [("outside", "feature 1"), ("outside", "feature 2")]
+    assert out.counts["positives"] == 0
+
+
+def test_one_label_file_off_the_scenes_in_a_declared_crs(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    scene = utm_scene(make_geotiff)
+    # UTM 33N metres 100 km east of the scene: the span is still given in lon/lat.
+    path = write(tmp_path, "east.geojson", collection(feature(point(600_320.0, 4_799_680.0)), crs="EPSG:32633"))
+    with pytest.raises(LabelError) as err:
+        read_labels([path], [scene], opts(classes=("kiln",)))
+    lon, lat = lonlat_of("EPSG:32633", 600_320.0, 4_799_680.0)
+    assert str(err.value).startswith(
+        f"{path}: its label lies outside every image: the label spans lon {lon:.5f}..{lon:.5f}, lat {lat:.5f}..{lat:.5f}, "
+        f"the 1 scene covers {utm_extent()}; "
+    )
+
+
+def test_hostile_ids_classes_and_names_stay_on_one_line(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    scene = utm_scene(make_geotiff)
+    good_ll = utm_px(*GOOD_PX)
+    feats = [
+        feature(point(*good_ll), fid="k\n7", **{"class": "vessel"}),
+        feature(None, fid="x" * 500, **{"class": "vessel"}),
+        feature(point(*good_ll), fid=[1, 2], **{"class": "ship\r\nboat" + "!" * 300}),
+        feature({"type": "Line\nString", "coordinates": []}, **{"class": "vessel"}),
+        feature(point(*good_ll), status=["confirmed"] * 100, **{"class": "vessel"}),
+    ]
+    path = write(tmp_path, "hostile.geojson", collection(*feats))
+    with pytest.raises(LabelError) as err:
+        read_labels([path], [scene], opts())
+    message = str(err.value)
+    assert "\n" not in message and "\r" not in message and len(message) < len(str(path)) + 700
+    out = read_labels([path], [scene], opts(skip_problems=True))
+    assert [(p.kind, p.item) for p in out.problems] == [
+        ("null-geometry", "feature id=" + "x" * 37 + "..."),
+        ("unknown-class", "feature 3"),
+        ("unsupported-geometry", "feature 4"),
+        ("invalid-status", "feature 5"),
+    ]
+    assert out.problems[1].detail.startswith("class 'ship\\r\\nboat!!!")
+    assert out.problems[2].detail == "Line String"
+    assert out.problems[3].detail == "status a JSON array"
+    assert out.counts["positives"] == 1  # the feature whose id holds a newline is fine
+
+
+def test_hostile_coco_ids_and_names_stay_on_one_line(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    scene = utm_scene(make_geotiff, "utm.tif")
+    doc = _coco_doc(
+        images=[{"id": 1, "file_name": "utm.tif", "width": 64, "height": 64},
+                {"id": "two\nlines", "file_name": "no\nscene.png", "width": 64, "height": 64}],
+        annotations=[{"id": "a\nb", "image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4]},
+                     {"id": 9, "image_id": "two\nlines", "category_id": 1, "bbox": [1, 2, 3, 4]}],
+        categories=[{"id": 1, "name": "vessel"}, {"id": 2, "name": "tanker\r\n"}],
+    )
+    path = write(tmp_path, "coco.json", doc)
+    with pytest.raises(LabelError) as err:
+        read_labels([path], [scene], opts())
+    assert "\n" not in str(err.value) and "\r" not in str(err.value)
+    out = read_labels([path], [scene], opts(skip_problems=True))
+    assert [(p.kind, p.item) for p in out.problems] == [("unknown-class", "annotation a b"),
+                                                        ("unmatched-image", "image no scene.png")]
+    assert out.problems[0].detail == "class 'tanker\\r\\n' (known: vessel, kiln)"
+    dup = write(tmp_path, "dup.json", _coco_doc(images=[{"id": "x" * 100, "file_name": "utm.tif", "width": 64,
+                                                         "height": 64}] * 2))
+    with pytest.raises(LabelError, match=r"image id 'x{36}\.\.\. appears twice"):
+        read_labels([dup], [scene], opts())
+
+
+def test_second_file_off_the_scenes_is_named(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    scene = utm_scene(make_geotiff)
+    good = write(tmp_path, "good.geojson", collection(feature(point(*utm_px(10, 10)), **{"class": "kiln"})))
+    far = write(tmp_path, "far.geojson", collection(feature(point(100.0, 10.0), **{"class": "kiln"})))
+    with pytest.raises(LabelError) as err:
+        read_labels([good, far], [scene], opts())
+    assert str(err.value).startswith(f"{far}: its label lies outside every image: the label spans lon 100.00000..")
+    out = read_labels([good, far], [scene], opts(skip_problems=True))
+    assert [(Path(p.source).name, p.kind) for p in out.problems] == [("far.geojson", "outside")]
+    assert out.counts["positives"] == 1
+
+
+@pytest.mark.parametrize(
+    ("crs", "reason"),
+    [("EPSG:999999", "not a CRS pyproj understands"), ("EPSG:5703", "a Vertical CRS, not a geographic or projected CRS"),
+     ("IAU_2015:30100", "pyproj cannot transform it to lon/lat")],
+    ids=["unknown", "vertical", "moon"],
+)
+def test_unusable_labels_crs_option_is_a_usage_error(
+    tmp_path: Path, make_geotiff: MakeGeoTiff, crs: str, reason: str
+) -> None:
+    scene = utm_scene(make_geotiff)
+    path = write(tmp_path, "l.geojson", collection(GOOD_FEATURE))
+    with pytest.raises(UsageError) as err:
+        read_labels([path], [scene], opts(crs=crs))
+    assert str(err.value) == f"labels.crs / --labels-crs {crs!r}: {reason}; use e.g. 'EPSG:32643'"
+    assert err.value.exit_code == 2
+
+
+# --- through the CLI: one line, the exit code, nothing written -----------------------------------
+
+CLI_CONFIG = "model:\n  name: m\n  classes: [vessel, kiln]\n  bands: [B02, B03, B04, B08]\n  pixel_size_m: 10\n"
+
+CLI_CASES = [
+    ("not-json", "{oops", "not JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ("not-geojson", {"type": "Foo"}, "it is an object of type 'Foo'"),
+    ("empty", collection(), "GeoJSON FeatureCollection has no features"),
+    ("null-geometry", collection(GOOD_FEATURE, feature(None, fid=7, **{"class": "vessel"})),
+     "1 label with no geometry (feature id=7)"),
+    ("nan", '{"type": "Feature", "properties": {"class": "vessel"}, "geometry": {"type": "Point", '
+            '"coordinates": [NaN, Infinity]}}', "1 invalid geometry (feature 1: point is not finite"),
+    ("swapped", collection(feature(point(43.35, 15.004), **{"class": "vessel"})), SWAPPED),
+    ("projected", collection(feature(point(500_320.0, 4_799_680.0), **{"class": "vessel"})),
+     "--labels-crs EPSG:32633"),
+    ("unknown-class", collection(feature(point(15.004, 43.35), **{"class": "tanker"})),
+     "class 'tanker' (known: vessel, kiln)"),
+    ("outside", collection(feature(point(100.0, 10.0), **{"class": "vessel"})), "its label lies outside every image"),
+]
+
+
+@pytest.mark.parametrize(("content", "expect"), [pytest.param(*c[1:], id=c[0]) for c in CLI_CASES])
+def test_cli_train_bad_labels_one_line_exit_3_nothing_written(
+    tmp_path: Path, make_geotiff: MakeGeoTiff, capsys: pytest.CaptureFixture[str], content: Any, expect: str
+) -> None:
+    from sitewatch.cli import main
+
+    image = make_geotiff(64, 64, crs="EPSG:32633", transform=UTM, name="utm.tif")
+    config = tmp_path / "c.yaml"
+    config.write_text(CLI_CONFIG)
+    labels = write(tmp_path, "labels.geojson", content)
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as ex:
+        main(["train", "--config", str(config), "--images", str(image), "--labels", str(labels), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert ex.value.code == 3
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(labels) in err and expect in err
+    assert not out.exists()
 
 
 def test_missing_file(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:

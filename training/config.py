@@ -1,24 +1,28 @@
 """Training configs: YAML files in ``configs/``, validated, with command-line overrides.
 
 A config has the sections ``model``, ``labels``, ``chips``, ``augment``, ``split``,
-``train`` and ``evaluate``. Unknown keys, wrong types and out-of-range values are errors
-that name the file and the key. Overrides use dotted keys (``train.epochs=3``) and are
-validated the same way.
+``train`` and ``evaluate``. Unknown keys, wrong types, out-of-range values (NaN and
+infinity included) and files that are missing, not YAML or not a mapping are errors that
+name the file and the key, on one line. Overrides use dotted keys (``train.epochs=3``) and
+are validated the same way.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 from imagery.errors import UsageError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormalisationConfig(_Section):
@@ -44,18 +48,28 @@ class ModelConfig(_Section):
     arch_params: dict[str, Any] = Field(default_factory=dict)
     normalisation: NormalisationConfig = NormalisationConfig()
     tile_size: int = Field(256, ge=32, le=4096)
-    overlap: int = Field(64, ge=0)
+    #: Checked against ``tile_size`` (declared before it) even when left at its default.
+    overlap: int = Field(64, ge=0, validate_default=True)
     #: Largest box side in pixels the model may report.
     max_box_px: float = Field(256.0, gt=0)
     tta: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.overlap >= self.tile_size:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile_size ({self.tile_size})")
-        if len(set(c.lower() for c in self.classes)) != len(self.classes):
-            raise ValueError("classes must be distinct")
-        return self
+    @field_validator("classes", "bands")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        if any(not n.strip() for n in names):
+            raise ValueError("names must not be empty")
+        if len({n.strip().casefold() for n in names}) != len(names):
+            raise ValueError(f"names must be distinct, got {', '.join(names)}")
+        return names
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_tile(cls, overlap: int, info: ValidationInfo) -> int:
+        tile = info.data.get("tile_size")  # absent when tile_size itself was bad
+        if tile is not None and overlap >= tile:
+            raise ValueError(f"must be smaller than model.tile_size ({tile}), got {overlap}")
+        return overlap
 
 
 class LabelsConfig(_Section):
@@ -71,6 +85,16 @@ class LabelsConfig(_Section):
     #: Go on without labels that cannot be used (they are still reported).
     skip_problems: bool = False
 
+    @field_validator("crs")
+    @classmethod
+    def _known_crs(cls, crs: str | None) -> str | None:
+        if crs is not None:
+            try:
+                CRS.from_user_input(crs)
+            except CRSError:
+                raise ValueError(f"{_shown(crs)} is not a CRS pyproj understands; use e.g. 'EPSG:32643'") from None
+        return crs
+
 
 class ChipsConfig(_Section):
     """Which windows are read for training (see :mod:`training.chips`)."""
@@ -78,16 +102,19 @@ class ChipsConfig(_Section):
     size: int = Field(128, ge=32, le=1024)
     #: Share of chips centred on a labelled object.
     pos_fraction: float = Field(0.6, ge=0, le=1)
-    #: Share of chips centred on hard negatives, once there are any.
-    hard_fraction: float = Field(0.25, ge=0, le=1)
+    #: Share of chips centred on hard negatives, once there are any (checked against
+    #: ``pos_fraction``, declared before it, even when left at its default).
+    hard_fraction: float = Field(0.25, ge=0, le=1, validate_default=True)
     #: Most background windows read per scene (from the tile grid, at random).
     negatives_per_scene: int = Field(64, ge=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> ChipsConfig:
-        if self.pos_fraction + self.hard_fraction > 1:
-            raise ValueError("pos_fraction + hard_fraction must be at most 1")
-        return self
+    @field_validator("hard_fraction")
+    @classmethod
+    def _shares(cls, hard: float, info: ValidationInfo) -> float:
+        pos = info.data.get("pos_fraction")
+        if pos is not None and pos + hard > 1:
+            raise ValueError(f"pos_fraction + hard_fraction must be at most 1, got {pos:g} + {hard:g}")
+        return hard
 
 
 class AugmentConfig(_Section):
@@ -133,11 +160,12 @@ class TrainConfig(_Section):
     #: Stop (after the current epoch) once training has run this long; ``null``: no limit.
     max_minutes: float | None = Field(None, gt=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if any(not 0 < f < 1 for f in self.mine_at):
-            raise ValueError("mine_at fractions must be between 0 and 1")
-        return self
+    @field_validator("mine_at")
+    @classmethod
+    def _fractions(cls, mine_at: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in mine_at):
+            raise ValueError(f"fractions must be between 0 and 1 (exclusive), got {mine_at}")
+        return mine_at
 
 
 class EvaluateConfig(_Section):
@@ -162,17 +190,79 @@ class Config(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
 
 
-def _describe(exc: ValidationError) -> str:
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """``("model", "classes", 0)`` -> ``model.classes[0]``; odd keys are quoted (``train.'a b'``)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = str(part)
+        if not text or not text.isprintable() or text.strip() != text or len(text) > 40:
+            text = _shown(text)
+        out += f".{text}" if out else text
+    return out or "(top level)"
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A config value as a short one-line ``repr`` (mappings and lists are only named)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _section_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the config section at ``loc`` allows (``[]`` where it is not a section)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+        model = section
+    return list(model.model_fields)
+
+
+def _describe(exc: ValidationError, limit: int = 5) -> str:
+    """One line: ``key.path: reason (got value)`` per error (the first ``limit``), with a guess for misspelt keys."""
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
+    errors = exc.errors()
+    for err in errors[:limit]:
+        loc = tuple(err["loc"])
+        where = _key_path(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = _section_keys(loc[:-1])
+            guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key" + (
+                f"; did you mean {guess[0]}?" if guess else (f" (known keys: {', '.join(known)})" if known else "")
+            )
+        elif kind == "missing":
             msg = "required key is missing"
+        elif kind == "value_error":  # our validators: the message already holds the value
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        elif kind == "invalid_key":  # the last part of loc is the key itself, not a list index
+            where = _key_path((*loc[:-1], str(loc[-1])))
+            msg = "keys must be text"
+        else:
+            msg = f"{err['msg']} (got {_shown(err.get('input'))})"
         parts.append(f"{where}: {msg}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
     return "; ".join(parts)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text and where, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{' '.join(str(problem).split())} at line {mark.line + 1} column {mark.column + 1}"
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -208,22 +298,35 @@ def load_config(path: str | Path | None, overrides: list[tuple[list[str], Any]] 
     """Read, merge overrides into, and validate a config.
 
     Raises:
-        UsageError: the file is missing, not YAML, or fails validation (names the key).
+        UsageError: the file is missing, unreadable, not YAML, not a mapping, or fails
+            validation; one line naming the file and each key at fault.
     """
     doc: dict[str, Any] = {}
     where = str(path) if path else "config"
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UsageError(f"--config {p}: is a directory; name a YAML file (presets are in configs/)")
         if not p.is_file():
             raise UsageError(f"--config {p}: no such file (presets are in configs/)")
         try:
-            loaded = yaml.safe_load(p.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{p}: not valid YAML (not UTF-8 text); save the config as UTF-8") from None
+        except OSError as exc:
+            raise UsageError(f"--config {p}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{p}: not valid YAML ({_yaml_problem(exc)}); fix the syntax") from None
+        except RecursionError:
+            raise UsageError(f"{p}: not valid YAML (nested too deeply)") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise UsageError(f"{p}: a config must be a mapping of sections (model:, train:, ...)")
+            raise UsageError(
+                f"{p}: a config must be a mapping of sections (model:, train:, ...), not {_shown(loaded)}"
+            )
         doc = loaded
     doc = apply_overrides(doc, list(overrides))
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 from shapely.errors import ShapelyError
 from shapely.geometry import shape as shapely_shape
 from shapely.validation import explain_validity
@@ -26,7 +26,7 @@ from shapely.validation import explain_validity
 from imagery.errors import InputError, UsageError
 from imagery.georef import ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
 from imagery.scene import Scene
-from training.coco import read_coco
+from training.coco import parse_coco
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class LabelProblem:
     """One label that cannot be used, and why."""
 
     #: ``outside``, ``null-geometry``, ``invalid-geometry``, ``unknown-class``,
-    #: ``missing-class``, ``crs-mismatch``, ``swapped-coordinates``, ``unmatched-image``,
-    #: ``size-mismatch``, ``unsupported-geometry`` or ``invalid-status``.
+    #: ``missing-class``, ``crs-mismatch``, ``swapped-coordinates``, ``out-of-range``,
+    #: ``unmatched-image``, ``size-mismatch``, ``unsupported-geometry`` or ``invalid-status``.
     kind: str
     #: The label file.
     source: str
@@ -107,6 +107,26 @@ REVIEW_STATUSES = {
 
 _SKIP_HINT = "fix them, or pass --skip-bad-labels to train without them"
 
+#: What to do about lon/lat given as lat, lon.
+_SWAPPED = "coordinates look like lat, lon; GeoJSON is lon, lat: swap the two numbers of each position"
+
+#: Lon/lat coordinates beyond this magnitude are taken for projected metres (UTM eastings
+#: are 160 000 to 840 000, northings up to 10 000 000), smaller ones for a plain range error.
+_PROJECTED_ABOVE = 1000.0
+
+
+def _crs_mismatch_hint(scenes_crs: str | None = None) -> str:
+    """What to do about projected coordinates in a file that declares no CRS.
+
+    ``scenes_crs`` (``EPSG:32633``), the scenes' CRS when they share one, is the example.
+    """
+    example = scenes_crs or "EPSG:32643"
+    return (
+        "they look like projected metres, not lon/lat: declare their CRS in the file "
+        f'("crs": {{"type": "name", "properties": {{"name": "{example}"}}}}) or pass --labels-crs {example} '
+        "(config labels.crs)" + (f"; the scenes are in {scenes_crs}" if scenes_crs else "")
+    )
+
 # kind -> (one label, several labels, show each problem's detail, hint for the whole group)
 _KIND_TEXT: dict[str, tuple[str, str, bool, str]] = {
     "outside": ("label outside every image", "labels outside every image", False, ""),
@@ -124,13 +144,20 @@ _KIND_TEXT: dict[str, tuple[str, str, bool, str]] = {
         "label whose coordinates are not lon/lat",
         "labels whose coordinates are not lon/lat",
         False,
-        "they look like projected coordinates (metres), so declare the CRS in the file or set labels.crs / --labels-crs",
+        _crs_mismatch_hint(),
     ),
     "swapped-coordinates": (
         "label with swapped coordinates",
         "labels with swapped coordinates",
         False,
-        "they look like lat,lon but GeoJSON is lon,lat",
+        _SWAPPED,
+    ),
+    "out-of-range": (
+        "label with coordinates outside the lon/lat range",
+        "labels with coordinates outside the lon/lat range",
+        True,
+        "longitude must be within -180..180 and latitude within -90..90 (declare the file's CRS if they are "
+        "not lon/lat)",
     ),
     "unmatched-image": (
         "label on a COCO image that matches no scene",
@@ -178,33 +205,43 @@ def read_labels(paths: Sequence[str | Path], scenes: Sequence[Scene], options: L
 
     Raises:
         UsageError: ``options`` has no classes, a bad ``point_box_m`` or a ``crs`` pyproj
-            does not understand.
-        LabelError: A file is missing, not JSON, neither GeoJSON nor COCO, or an empty
-            FeatureCollection; or some labels have problems and ``options.skip_problems``
-            is false (the message summarises them on one line).
+            does not understand or cannot take to lon/lat.
+        LabelError: A file is missing, not JSON, neither GeoJSON nor COCO, an empty
+            FeatureCollection, or (unless ``options.skip_problems``) a GeoJSON file whose
+            every label lies outside every scene (the message gives both extents); or some
+            labels have problems and ``options.skip_problems`` is false (the message
+            summarises them on one line).
     """
     _check_options(options)
     acc = _Accumulator(scenes, options.classes)
     for file_index, path in enumerate(paths):
         doc = _load_json(path)
         if _is_coco(doc):
-            _read_coco_file(path, file_index, scenes, options, acc)
+            _read_coco_file(path, file_index, doc, scenes, options, acc)
         else:
             features = _geojson_features(path, doc)
             crs = _label_crs(path, doc, options)
             _read_geojson(path, file_index, features, crs, scenes, options, acc)
     result = acc.result()
     if result.problems and not options.skip_problems:
-        raise LabelError(result.problems[0].source, f"{problem_summary(result.problems)}; {_SKIP_HINT}")
+        hints = {"crs-mismatch": _crs_mismatch_hint(_scenes_epsg(scenes))}
+        if acc.outside_lonlat:
+            verb = "covers" if len(scenes) == 1 else "cover"
+            hints["outside"] = f"the {_count(len(scenes), 'scene')} {verb} {_scenes_extent(scenes)}"
+        summary = problem_summary(result.problems, hints=hints)
+        raise LabelError(result.problems[0].source, f"{summary}; {_SKIP_HINT}")
     return result
 
 
-def problem_summary(problems: Sequence[LabelProblem], limit: int = 3) -> str:
+def problem_summary(
+    problems: Sequence[LabelProblem], limit: int = 3, hints: dict[str, str] | None = None
+) -> str:
     """One line summing up ``problems`` by kind, with counts and up to ``limit`` examples each.
 
     For example ``2 labels outside every image (feature 4, feature 9); 1 invalid geometry
     (feature 12: Self-intersection[5 5])``. Examples name the file too when the problems
-    come from more than one file.
+    come from more than one file. ``hints`` replaces the what-to-do text of some kinds
+    (``{"outside": "the 2 scenes cover lon ..."}``).
     """
     if not problems:
         return "no label problems"
@@ -215,6 +252,7 @@ def problem_summary(problems: Sequence[LabelProblem], limit: int = 3) -> str:
     parts = []
     for kind, group in groups.items():
         one, many, show_detail, hint = _KIND_TEXT.get(kind, (f"{kind} problem", f"{kind} problems", True, ""))
+        hint = (hints or {}).get(kind, hint)
         examples: list[str] = []
         for p in group:
             text = f"{Path(p.source).name} {p.item}" if several_files else p.item
@@ -267,6 +305,8 @@ class _Accumulator:
         self.negatives: list[list[list[float]]] = [[] for _ in self.scenes]
         self.problems: list[tuple[int, int, LabelProblem]] = []
         self.counts: dict[str, int] = {"features": 0, "positives": 0, "negatives": 0, "unused": 0, "problems": 0}
+        #: Some GeoJSON label fell outside every scene (the error then gives the scenes' extent).
+        self.outside_lonlat = False
         for name in self.classes:
             self.counts[f"class:{name}"] = 0
 
@@ -318,12 +358,44 @@ def _check_options(options: LabelOptions) -> None:
     if not (options.point_box_m > 0 and math.isfinite(options.point_box_m)):
         raise UsageError(f"labels.point_box_m must be a positive number of metres, got {options.point_box_m!r}")
     if options.crs is not None:
-        try:
-            CRS.from_user_input(options.crs)
-        except CRSError:
-            raise UsageError(
-                f"labels.crs {options.crs!r} is not a CRS pyproj understands; use e.g. 'EPSG:32643'"
-            ) from None
+        why = _unusable_crs(options.crs)
+        if why:
+            raise UsageError(f"labels.crs / --labels-crs {_quote(options.crs)}: {why}; use e.g. 'EPSG:32643'")
+
+
+@lru_cache(maxsize=64)
+def _unusable_crs(name: str) -> str:
+    """Why ``name`` cannot be the CRS of label coordinates, or ``""`` when it can."""
+    try:
+        crs = CRS.from_user_input(name)
+    except CRSError:
+        return "not a CRS pyproj understands"
+    if not (crs.is_geographic or crs.is_projected):
+        return f"a {crs.type_name}, not a geographic or projected CRS"
+    try:
+        Transformer.from_crs(crs, CRS.from_user_input(LONLAT), always_xy=True)
+    except ProjError:
+        return "pyproj cannot transform it to lon/lat"
+    return ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``value`` (a file's id, class or type) as one short line for a message.
+
+    Whitespace (newlines too) becomes single spaces and long text is cut; JSON arrays and
+    objects are named, not printed (they can be huge or nested too deep to print).
+    """
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, dict):
+        return "a JSON object"
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote(value: Any) -> str:
+    """Like :func:`_short`, but text is quoted (``'ship'``) so it reads as a value from the file."""
+    return _short(repr(value)) if isinstance(value, str) else _short(value)
 
 
 def _load_json(path: str | Path) -> Any:
@@ -334,16 +406,17 @@ def _load_json(path: str | Path) -> Any:
         raise LabelError(path, "no such label file; check the path") from None
     except OSError as exc:
         raise LabelError(path, f"cannot be read ({exc.strerror or exc}); check the path and permissions") from None
+    advice = "labels must be GeoJSON or COCO JSON files"
     try:
         return json.loads(text)
     except UnicodeDecodeError:
-        raise LabelError(path, "not JSON (not UTF-8 text); labels must be GeoJSON or COCO JSON files") from None
+        raise LabelError(path, f"not JSON (not UTF-8 text); {advice}") from None
     except json.JSONDecodeError as exc:
-        raise LabelError(
-            path,
-            f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            "labels must be GeoJSON or COCO JSON files",
-        ) from None
+        raise LabelError(path, f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {advice}") from None
+    except RecursionError:
+        raise LabelError(path, f"JSON nested too deeply to read; {advice}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise LabelError(path, f"JSON that cannot be read ({_short(exc, 100)}); {advice}") from None
 
 
 def _is_coco(doc: Any) -> bool:
@@ -363,7 +436,7 @@ def _geojson_features(path: str | Path, doc: Any) -> list[Any]:
     if kind == "Feature":
         return [doc]
     if isinstance(doc, dict):
-        found = f"an object of type {kind!r}" if isinstance(kind, str) else "an object with no 'type'"
+        found = f"an object of type {_quote(kind)}" if isinstance(kind, str) else "an object with no 'type'"
     else:
         found = f"a JSON {type(doc).__name__}"
     raise LabelError(
@@ -386,15 +459,17 @@ def _label_crs(path: str | Path, doc: dict[str, Any], options: LabelOptions) -> 
     if not isinstance(name, str):
         raise LabelError(
             path,
-            f"has a 'crs' member sitewatch cannot read ({json.dumps(legacy)[:80]}); use "
-            '{"type": "name", "properties": {"name": "EPSG:32643"}}, or remove it and set labels.crs',
+            "has a 'crs' member sitewatch cannot read; use "
+            '{"type": "name", "properties": {"name": "EPSG:32643"}}, or remove it and set labels.crs / --labels-crs',
         )
-    try:
-        CRS.from_user_input(name)
-    except CRSError:
+    why = _unusable_crs(name)
+    if why == "not a CRS pyproj understands":
+        why = "which pyproj does not understand"
+    if why:
         raise LabelError(
-            path, f"declares CRS {name!r}, which pyproj does not understand; fix it (e.g. 'EPSG:32643') or set labels.crs"
-        ) from None
+            path,
+            f"declares CRS {_quote(name)}, {why}; fix it (e.g. 'EPSG:32643') or set labels.crs / --labels-crs",
+        )
     return name
 
 
@@ -411,8 +486,9 @@ def _transformer(src: str, dst_wkt: str) -> Transformer:
 
 def _feature_item(feature: Any, ordinal: int) -> str:
     """``feature id=k-7`` when the feature has an id, else ``feature N`` (1-based position)."""
-    if isinstance(feature, dict) and feature.get("id") is not None:
-        return f"feature id={feature['id']}"
+    fid = feature.get("id") if isinstance(feature, dict) else None
+    if isinstance(fid, str | int | float) and not isinstance(fid, bool) and str(fid).strip():
+        return f"feature id={_short(fid, 40)}"
     return f"feature {ordinal}"
 
 
@@ -425,9 +501,16 @@ def _read_geojson(
     options: LabelOptions,
     acc: _Accumulator,
 ) -> None:
-    """Parse every feature of one GeoJSON file, then place the good ones on the scenes."""
+    """Parse every feature of one GeoJSON file, then place the good ones on the scenes.
+
+    Raises:
+        LabelError: every feature parsed but lies outside every scene, and
+            ``options.skip_problems`` is false: the file does not belong to these scenes
+            (the message gives the labels' and the scenes' extents).
+    """
     geographic = _is_geographic(crs)
     candidates = []
+    bad_features = 0
     for ordinal, feature in enumerate(features, start=1):
         acc.counts["features"] += 1
         item = _feature_item(feature, ordinal)
@@ -435,12 +518,70 @@ def _read_geojson(
             candidate = _parse_feature(feature, ordinal, item, geographic, options)
         except _BadLabelError as bad:
             acc.problem(file_index, ordinal, LabelProblem(bad.kind, str(path), item, bad.detail))
+            bad_features += 1
             continue
         if candidate is None:
             acc.counts["unused"] += 1
         else:
             candidates.append(candidate)
-    _place(path, file_index, candidates, crs, geographic, scenes, options, acc)
+    outside = _place(path, file_index, candidates, crs, geographic, scenes, options, acc)
+    if candidates and outside == len(candidates) and not bad_features and not options.skip_problems:
+        raise LabelError(path, _off_every_scene(candidates, crs, scenes))
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 label``, ``3 labels``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _span(xs: np.ndarray, ys: np.ndarray) -> str:
+    """``lon 15.00000..15.00880, lat 43.33160..43.33750`` of lon/lat arrays."""
+    return f"lon {xs.min():.5f}..{xs.max():.5f}, lat {ys.min():.5f}..{ys.max():.5f}"
+
+
+def _scenes_extent(scenes: Sequence[Scene]) -> str:
+    """The lon/lat box of all ``scenes`` (their corners), for messages."""
+    if not scenes:
+        return "nothing (no scenes)"
+    lons, lats = [], []
+    for scene in scenes:
+        cols = np.array([0.0, scene.width, 0.0, scene.width])
+        rows = np.array([0.0, 0.0, scene.height, scene.height])
+        with np.errstate(invalid="ignore", over="ignore"):
+            lon, lat = to_lonlat(scene.crs_wkt, *pixel_to_map(scene.affine, cols, rows))
+        lons.append(lon)
+        lats.append(lat)
+    return _span(np.concatenate(lons), np.concatenate(lats))
+
+
+def _scenes_epsg(scenes: Sequence[Scene]) -> str | None:
+    """``EPSG:32633`` when every scene is in that one projected CRS, else ``None``."""
+    codes = set()
+    for scene in scenes:
+        crs = CRS.from_user_input(scene.crs_wkt)
+        code = crs.to_epsg() if crs.is_projected else None
+        codes.add(f"EPSG:{code}" if code else None)
+    return codes.pop() if len(codes) == 1 else None
+
+
+def _off_every_scene(candidates: Sequence[_Candidate], crs: str, scenes: Sequence[Scene]) -> str:
+    """The message of a GeoJSON file none of whose labels is on any scene."""
+    xs = np.concatenate([c.xs for c in candidates])
+    ys = np.concatenate([c.ys for c in candidates])
+    with np.errstate(invalid="ignore", over="ignore"):
+        lon, lat = _transformer(crs, LONLAT).transform(xs, ys)
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    if np.isfinite(lon).all() and np.isfinite(lat).all():
+        labels = _span(lon, lat)
+    else:
+        labels = f"x {xs.min():.7g}..{xs.max():.7g}, y {ys.min():.7g}..{ys.max():.7g} in {_quote(crs)}"
+    n, k = len(candidates), len(scenes)
+    which = "its label lies" if n == 1 else f"all {n} of its labels lie"
+    return (
+        f"{which} outside every image: the {'label spans' if n == 1 else 'labels span'} {labels}, "
+        f"the {_count(k, 'scene')} {'covers' if k == 1 else 'cover'} {_scenes_extent(scenes)}; check that the file "
+        "belongs to these images and that its coordinates are lon/lat (or its CRS is declared), or leave it out"
+    )
 
 
 def _parse_feature(
@@ -455,14 +596,29 @@ def _parse_feature(
     if role == "unused":
         return None
     is_point, xs, ys = _vertices(feature.get("geometry"))
-    if geographic and (np.abs(xs).max() > 180 or np.abs(ys).max() > 90):
-        raise _BadLabelError(
-            "crs-mismatch",
-            f"coordinates like {xs[0]:.7g}, {ys[0]:.7g} are not lon/lat; they look like projected coordinates, "
-            "e.g. metres: declare the CRS in the file or set labels.crs / --labels-crs",
-        )
+    if geographic:
+        _check_lonlat(xs, ys)
     class_index = _class_index(props, options) if role == "positive" else -1
     return _Candidate(ordinal, item, role, class_index, is_point, xs, ys)
+
+
+def _check_lonlat(xs: np.ndarray, ys: np.ndarray) -> None:
+    """Raise :class:`_BadLabelError` unless every vertex ``(x, y)`` is a longitude and latitude.
+
+    Vertices beyond the lon/lat range are read as swapped (every ``|x| <= 90`` while some
+    ``|y| > 90``: lat, lon order), as projected metres (some value beyond
+    ``_PROJECTED_ABOVE``), or else as plainly out of range.
+    """
+    ax, ay = np.abs(xs), np.abs(ys)
+    if ax.max() <= 180 and ay.max() <= 90:
+        return
+    worst = int(np.argmax(np.maximum(ax - 180, ay - 90)))
+    example = f"coordinates like {xs[worst]:.7g}, {ys[worst]:.7g}"
+    if ax.max() <= 90 and ay.max() <= 180:
+        raise _BadLabelError("swapped-coordinates", f"{example}: {_SWAPPED}")
+    if max(ax.max(), ay.max()) > _PROJECTED_ABOVE:
+        raise _BadLabelError("crs-mismatch", f"{example} are not lon/lat; they look like projected metres")
+    raise _BadLabelError("out-of-range", example)
 
 
 def _review_role(props: dict[str, Any]) -> str:
@@ -472,7 +628,7 @@ def _review_role(props: dict[str, Any]) -> str:
     status = props["status"]
     role = REVIEW_STATUSES.get(status.strip().lower()) if isinstance(status, str) else None
     if role is None:
-        raise _BadLabelError("invalid-status", f"status {status!r}")
+        raise _BadLabelError("invalid-status", f"status {_quote(status)}")
     return role
 
 
@@ -484,6 +640,11 @@ def _class_index(props: dict[str, Any], options: LabelOptions) -> int:
             return 0
         raise _BadLabelError(
             "missing-class", f"no {options.class_property!r} property (classes: {', '.join(options.classes)})"
+        )
+    if not isinstance(name, str | int | float) or isinstance(name, bool):
+        raise _BadLabelError(
+            "unknown-class",
+            f"{options.class_property!r} is {_short(name)}, not a class name (known: {', '.join(options.classes)})",
         )
     return _match_class(str(name), options.classes, options.class_map)
 
@@ -497,7 +658,7 @@ def _match_class(name: str, classes: Sequence[str], class_map: tuple[tuple[str, 
     for index, known in enumerate(classes):
         if known.casefold() == wanted:
             return index
-    raise _BadLabelError("unknown-class", f"class {name!r} (known: {', '.join(classes)})")
+    raise _BadLabelError("unknown-class", f"class {_quote(name)} (known: {', '.join(classes)})")
 
 
 def _position(value: Any, where: str) -> tuple[float, float]:
@@ -508,9 +669,12 @@ def _position(value: Any, where: str) -> tuple[float, float]:
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value[:2])
     ):
         raise _BadLabelError("invalid-geometry", f"{where} is not a position [x, y]")
-    x, y = float(value[0]), float(value[1])
+    try:
+        x, y = float(value[0]), float(value[1])
+    except OverflowError:  # an integer too large for a float
+        x = y = math.inf
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise _BadLabelError("invalid-geometry", f"{where} is not finite")
+        raise _BadLabelError("invalid-geometry", f"{where} is not finite (NaN, Infinity or too large a number)")
     return x, y
 
 
@@ -553,16 +717,18 @@ def _vertices(geometry: Any) -> tuple[bool, np.ndarray, np.ndarray]:
             raise _BadLabelError("invalid-geometry", "MultiPolygon has no polygons")
         points = [p for k, poly in enumerate(coords, start=1) for p in _rings(poly, f"polygon {k} ")]
     else:
-        raise _BadLabelError("unsupported-geometry", kind)
+        raise _BadLabelError("unsupported-geometry", _short(kind))
     if kind in ("Polygon", "MultiPolygon"):
         try:
-            geom = shapely_shape(geometry)
-            valid = bool(geom.is_valid)
-            reason = "" if valid else explain_validity(geom)
+            # Shapely's numpy ufuncs warn about overflow on huge coordinates: nothing to print.
+            with np.errstate(all="ignore"):
+                geom = shapely_shape(geometry)
+                valid = bool(geom.is_valid)
+                reason = "" if valid else explain_validity(geom)
         except (ShapelyError, ValueError, TypeError) as exc:
             valid, reason = False, str(exc)
         if not valid:
-            raise _BadLabelError("invalid-geometry", reason)
+            raise _BadLabelError("invalid-geometry", _short(reason, 100))
     xy = np.array(points, dtype=float).reshape(-1, 2)
     return kind in ("Point", "MultiPoint"), xy[:, 0], xy[:, 1]
 
@@ -657,10 +823,14 @@ def _place(
     scenes: Sequence[Scene],
     options: LabelOptions,
     acc: _Accumulator,
-) -> None:
-    """Put each candidate on every scene that holds its box centre, or report why it is on none."""
+) -> int:
+    """Put each candidate on every scene that holds its box centre, or report why it is on none.
+
+    Returns:
+        How many candidates are on no scene (and do not look swapped either).
+    """
     if not candidates:
-        return
+        return 0
     inside, boxes, centres = _locate(candidates, crs, scenes, options.point_box_m)
     nowhere = np.flatnonzero(~inside.any(axis=1))
     swapped: set[int] = set()
@@ -674,19 +844,17 @@ def _place(
             ]
             flipped_inside, _, _ = _locate(flipped, crs, scenes, options.point_box_m)
             swapped = {i for i, hit in zip(flippable, flipped_inside.any(axis=1), strict=True) if hit}
+    outside = 0
     for i, cand in enumerate(candidates):
         on = np.flatnonzero(inside[i])
         if not len(on):
             if i in swapped:
-                problem = LabelProblem(
-                    "swapped-coordinates",
-                    str(path),
-                    cand.item,
-                    "coordinates look like lat,lon; GeoJSON is lon,lat: swap them",
-                )
+                problem = LabelProblem("swapped-coordinates", str(path), cand.item, _SWAPPED)
             else:
-                cx = (cand.xs.min() + cand.xs.max()) / 2
-                cy = (cand.ys.min() + cand.ys.max()) / 2
+                outside += 1
+                acc.outside_lonlat = True
+                cx = cand.xs.min() / 2 + cand.xs.max() / 2  # halves first: no overflow
+                cy = cand.ys.min() / 2 + cand.ys.max() / 2
                 problem = LabelProblem(
                     "outside", str(path), cand.item, f"centre {cx:.7g}, {cy:.7g} lies in none of the {len(scenes)} scenes"
                 )
@@ -695,14 +863,15 @@ def _place(
             acc.positive(cand.class_index, [(int(j), boxes[j][i]) for j in on])
         else:
             acc.negative([(int(j), centres[j][i]) for j in on])
+    return outside
 
 
 def _read_coco_file(
-    path: str | Path, file_index: int, scenes: Sequence[Scene], options: LabelOptions, acc: _Accumulator
+    path: str | Path, file_index: int, doc: Any, scenes: Sequence[Scene], options: LabelOptions, acc: _Accumulator
 ) -> None:
-    """Read a COCO file: bind its images to scenes and check every box."""
+    """Read a COCO file (``doc``, its parsed JSON): bind its images to scenes and check every box."""
     try:
-        images = read_coco(path)
+        images = parse_coco(path, doc)
     except InputError as exc:
         raise LabelError(path, f"{exc.reason}; export it again as COCO detection JSON") from None
     ordinal = 0
@@ -718,10 +887,10 @@ def _read_coco_file(
             ordinal += 1
             acc.counts["features"] += 1
             if image_problem or scene_index is None:
-                problem = LabelProblem(image_problem, str(path), f"image {image.file_name}", why)
+                problem = LabelProblem(image_problem, str(path), f"image {_short(image.file_name)}", why)
                 acc.problem(file_index, ordinal, problem)
                 continue
-            item = f"annotation {ann_id}"
+            item = f"annotation {_short(ann_id, 40)}"
             try:
                 class_index = _check_coco_box(box, name, scenes[scene_index], options)
             except _BadLabelError as bad:
