@@ -120,8 +120,8 @@ def _done(_: Any) -> int:
     return 0
 
 
-#: Thread pools of the ``threads`` scheduler by size, kept for the life of the process so
-#: each thread's model session (imagery.runtime) is made once, as Dask keeps its own pools.
+#: Thread pools of the ``threads`` scheduler by size, kept for the life of the process as Dask
+#: keeps its own (no threads started per run).
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 

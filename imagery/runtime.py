@@ -6,8 +6,8 @@ ONNX once per process (in memory, well under a second) and runs it there. Each r
 borrows a session of its own from a pool of idle ones (``Run`` is thread-safe, but two threads
 sharing one session ran 3% slower than two sessions here); the pool holds as many sessions
 as tasks ever ran at once. (Not thread-local storage: a forked child, e.g. a subprocess
-with ``preexec_fn``, destroys other threads' locals, and a session destroyed there hangs.) ``torch`` keeps PyTorch, and
-is what CUDA devices use. The model is exported from the checksummed checkpoint this process
+with ``preexec_fn``, destroys other threads' locals, and a session destroyed there hangs.)
+``torch`` keeps PyTorch, and is what CUDA devices use. The model is exported from the checksummed checkpoint this process
 loaded; nothing is written to disk.
 """
 
