@@ -447,3 +447,62 @@ def test_the_table_lists_every_case_and_each_test_exists() -> None:
             assert param in {b.id for b in CORPUS}, f"{param} is not a corpus case"
     assert len(rows) > len(CORPUS)
 
+
+
+# --- a run killed at any moment -------------------------------------------------------------
+
+
+def _whole_outputs(out: Path) -> list[str]:
+    """The result files in ``out``, each checked to be complete; fails on a partial one."""
+    import sqlite3
+
+    from PIL import Image
+
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".sitewatch-job" not in p.parts)
+    for name in names:
+        path = out / name
+        assert not path.name.startswith("."), f"a staging file was left: {name}"
+        if name.endswith((".json", ".geojson")):
+            json.loads(path.read_text())
+        elif name.endswith(".html"):
+            assert path.read_text().rstrip().endswith("</html>"), name
+        elif name.endswith(".png"):
+            with Image.open(path) as im:
+                im.verify()
+        elif name.endswith(".gpkg"):
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+                assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",), name
+        else:
+            raise AssertionError(f"unexpected file {name}")
+    return names
+
+
+def test_a_run_killed_at_any_moment_leaves_whole_files_or_none(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """``kill -9`` a ``detect --overwrite`` over an earlier run at moments spread across its
+    life (start-up, reading, inference, writing); after each, every output file is complete
+    (the earlier run's or the new one's, never half-written), ``run.json`` is there whenever
+    the other results are, and the final run completes."""
+    scene = _tif(tmp_path, "scene.tif", noise(4, 320, 320, seed=7))
+    out = tmp_path / "run"
+    args = [*SITEWATCH, "detect", str(scene), "--model", str(tiny_checkpoint), "--out", str(out), *FAST,
+            "--score-threshold", "0.0"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)
+    assert first.returncode == 0, first.stderr
+    before = _whole_outputs(out)
+    assert "run.json" in before and "detections.geojson" in before
+    killed = 0
+    for delay in (0.5, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0):
+        proc = subprocess.Popen([*args, "--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            killed += 1
+        proc.wait(timeout=60)
+        names = _whole_outputs(out)
+        assert names == before, (delay, names)  # the same set of files, each complete
+    assert killed >= 5  # most kills landed mid-run, not after it
+    last = subprocess.run([*args, "--overwrite"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert last.returncode == 0, last.stderr
+    assert _whole_outputs(out) == before
+    assert not (out / ".sitewatch-job").exists()
