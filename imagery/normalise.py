@@ -63,7 +63,7 @@ def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | 
     """
     shape = (-1,) + (1,) * (data.ndim - 1)
     lo32 = np.asarray(lo, dtype=np.float32).reshape(shape)
-    span = (np.asarray(hi, dtype=np.float32) - np.asarray(lo, dtype=np.float32)).reshape(shape)
+    span = np.asarray(hi, dtype=np.float32).reshape(shape) - lo32
     out = np.subtract(data, lo32, dtype=np.float32)
     np.divide(out, span, out=out)
     np.clip(out, *CLIP, out=out)

@@ -432,7 +432,6 @@ class SceneReader:
         self._groups: list[tuple[str, list[int]]] = [
             (f, [k for k, b in enumerate(scene.bands) if b.path == f]) for f in scene.files
         ]
-        self._groups = [(f, ks) for f, ks in self._groups if ks]
 
     def __enter__(self) -> SceneReader:
         return self
