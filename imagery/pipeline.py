@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
+from imagery.checkpoint import LoadedModel, ModelSpec
 from imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from imagery.execution import check_scheduler, run_tasks
 from imagery.georef import ground_pixel_m
@@ -41,7 +41,7 @@ from imagery.scene import Scene
 from imagery.sites import site_distances
 from imagery.store import STORE_NAME, CandidateStore, review_count
 from imagery.tiling import TileGrid
-from imagery.worker import BlockResult, SceneStats, detect_block, empty_detections, file_facts, scene_stats
+from imagery.worker import BlockResult, SceneStats, detect_block, empty_detections, file_facts, load_model, scene_stats
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettin
     if not inputs:
         raise UsageError("no INPUT given: name at least one scene file or band directory")
     ckpt = resolve_model(model)
-    loaded = load_checkpoint(ckpt)
+    loaded = load_model(ckpt)
     s = settings.resolved(loaded.spec)
     scenes = []
     unopened: list[tuple[str, InputError]] = []
@@ -221,12 +221,14 @@ def schedule(p: Plan, recorded_stats: Mapping[int, SceneStats | InputError] | No
             out.append(Task(i, None, 0, stats))
         else:
             stats = known
+        # The grid and the settings (tiles per task among them) decide every block's tiles.
+        blocks_token = dask.base.tokenize(stats_token, grid, p.model.checksum, s)
         for b, tiles in enumerate(grid.blocks(s.tiles_per_task)):
             if (i, b) in recorded_blocks:
                 continue
             task = dask.delayed(detect_block, pure=True)(
                 sc, tiles, p.model.path, p.model.checksum, stats, s.batch_size, s.score_threshold, s.workers,
-                bool(s.tta), s.runtime, dask_key_name=f"detect_block-{dask.base.tokenize(stats_token, tiles, p.model.checksum, s)}",
+                bool(s.tta), s.runtime, dask_key_name=f"detect_block-{blocks_token}-{b}",
             )
             out.append(Task(i, b, len(tiles), task))
     return out
@@ -402,12 +404,27 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
             on_scene(p.scenes[task.scene].name)
 
     first_done = threading.Event()
+    # A scene's statistics are recorded with their quick-look as PNG. The PNG is encoded in a
+    # client thread, not here: this callback runs before the blocks waiting on the statistics
+    # are handed out, and the encoding (~0.1 s) would hold them back. A run killed before the
+    # record is made just computes the (cheap) statistics again when it resumes.
+    encoding: dict[int, Future[SceneStats]] = {}
+
+    def record_encoded(wait: bool) -> None:
+        for i, fut in list(encoding.items()):
+            if wait or fut.done():
+                del encoding[i]
+                job.record_stats(con, i, signatures[i], fut.result())
 
     def on_result(task: Task, value: Any) -> None:
         first_done.set()
+        record_encoded(wait=False)
         sc = p.scenes[task.scene]
         if task.block is None:
-            job.record_stats(con, task.scene, signatures[task.scene], value)
+            if isinstance(value, SceneStats):
+                encoding[task.scene] = encoder.submit(lambda st: replace(st, quicklook_png=st.png()), value)
+            else:
+                job.record_stats(con, task.scene, signatures[task.scene], value)
             if fail_fast and isinstance(value, SitewatchError):
                 raise value
         else:
@@ -436,11 +453,12 @@ def _run_job(p: Plan, job: Job, con: sqlite3.Connection, mode: str, fail_fast: b
         first_done.wait()
         return [{f: file_facts(f) for f in sc.files} for sc in p.scenes]
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as encoder:
         checksums = pool.submit(hash_files)
         try:
             run_tasks(tasks, on_result, on_failure, scheduler=mode, workers=p.settings.workers or 1, model=p.model,
                       on_dashboard=on_dashboard)
+            record_encoded(wait=True)
         finally:
             first_done.set()
         return checksums.result()

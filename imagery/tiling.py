@@ -54,6 +54,17 @@ class Tile:
         return self.col_off, self.row_off, w, h
 
 
+class TileBlock(tuple[Tile, ...]):
+    """The tiles of one Dask task: a tuple that Dask hands to the task as it is.
+
+    Dask searches a task's plain tuples and dataclasses, item by item and field by field,
+    for collections to compute first; over a block of tiles that took about 1 ms a task
+    (0.2 s to schedule a 8192-pixel scene), for nothing, since tiles hold none.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """Square tiles of ``size`` pixels overlapping by ``overlap`` over a ``width`` x ``height`` raster."""
@@ -128,7 +139,7 @@ class TileGrid:
                 )
                 index += 1
 
-    def blocks(self, tiles_per_block: int) -> tuple[tuple[Tile, ...], ...]:
+    def blocks(self, tiles_per_block: int) -> tuple[TileBlock, ...]:
         """Split the tiles into consecutive blocks, one Dask task each.
 
         The last ``2 * tiles_per_block`` tiles go in blocks a quarter that size, so that
@@ -140,6 +151,6 @@ class TileGrid:
         tail = min(len(tiles), 2 * tiles_per_block) if tiles_per_block >= 4 else 0
         small = max(1, tiles_per_block // 4)
         head = len(tiles) - tail
-        return tuple(tiles[i : min(i + tiles_per_block, head)] for i in range(0, head, tiles_per_block)) + tuple(
-            tiles[i : i + small] for i in range(head, len(tiles), small)
+        return tuple(TileBlock(tiles[i : min(i + tiles_per_block, head)]) for i in range(0, head, tiles_per_block)) + tuple(
+            TileBlock(tiles[i : i + small]) for i in range(head, len(tiles), small)
         )

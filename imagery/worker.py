@@ -6,9 +6,11 @@ loaded model in :data:`_MODELS` across tasks instead of unpickling one per task.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +50,25 @@ def get_model(path: str, checksum: str) -> LoadedModel:
         return lm
 
 
+def load_model(path: str | Path) -> LoadedModel:
+    """The checkpoint at ``path``, verified; a file this process loaded before (same bytes,
+    by SHA-256) is not unpickled and rebuilt again, so repeated runs in one process (a
+    notebook, a batch script) start at once and share one model with their tasks."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return load_checkpoint(p)  # its own message: no such file, a directory, not readable
+    checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+    with _LOCK:
+        lm = _MODELS.get(checksum)
+    if lm is None:
+        lm = load_checkpoint(p, data)
+        with _LOCK:
+            lm = _MODELS.setdefault(lm.checksum, lm)
+    return lm if lm.path == str(p) else replace(lm, path=str(p))
+
+
 def preload_model(data: bytes, checksum: str, path: str) -> None:
     """Put the checkpoint ``data`` (the bytes of ``path``) in this process's model cache."""
     with _LOCK:
@@ -70,8 +91,9 @@ class SceneStats:
     #: Size and SHA-256 per file (:func:`file_facts`); the pipeline hashes the files beside the
     #: tasks and fills this in, so the statistics task that blocks wait for does no hashing.
     files: dict[str, dict[str, object]] = field(default_factory=dict)
-    #: ``quicklook`` encoded as PNG once, in the task, for the job record, the quick-look file
-    #: and the map (empty: encode it where needed).
+    #: ``quicklook`` encoded as PNG, once, for the job record, the quick-look file and the map
+    #: (empty: encode it where needed). The statistics task leaves it empty: every block
+    #: waits for that task, so the client encodes the PNG when it records the result.
     quicklook_png: bytes = b""
 
     def png(self) -> bytes:
@@ -96,7 +118,7 @@ def scene_stats(scene: Scene, norm: Normalisation, band_names: tuple[str, ...]) 
             ov, valid, factor = reader.overview(OVERVIEW_SIDE)
         lo, hi = norm.scene_stats(ov, valid)
         ql = quicklook_rgb(apply(ov, lo, hi), band_names, valid=valid)
-        return SceneStats(lo, hi, ql, factor, float(valid.mean()), quicklook_png=png_bytes(ql))
+        return SceneStats(lo, hi, ql, factor, float(valid.mean()))
     except SitewatchError as exc:
         return exc
 
