@@ -93,16 +93,17 @@ def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
     return out
 
 
-def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | None = None,
+          out: np.ndarray | None = None) -> np.ndarray:
     """Map ``(bands, ...)`` raw values to float32 model inputs with per-band ``lo``/``hi``.
 
     Where ``valid`` (the trailing ``...`` shape) is given, invalid pixels become 0. ``data`` is
-    not modified; the result is a new array.
+    not modified; the result is a new array, or ``out`` (float32, ``data``'s shape) filled in.
     """
     shape = (-1,) + (1,) * (data.ndim - 1)
     lo32 = np.asarray(lo, dtype=np.float32).reshape(shape)
     span = np.asarray(hi, dtype=np.float32).reshape(shape) - lo32
-    out = np.subtract(data, lo32, dtype=np.float32)
+    out = np.subtract(data, lo32, dtype=np.float32, out=out)
     np.divide(out, span, out=out)
     np.clip(out, *CLIP, out=out)
     if valid is not None:

@@ -210,12 +210,16 @@ def detect_block(
     skipped = failed = 0
     errors: list[str] = []
     kept_boxes, kept_scores, kept_labels = [], [], []
-    pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+    # Tiles are normalised straight into one batch buffer, reused batch after batch.
+    size = tiles[0].size if tiles else 0
+    batch = np.empty((batch_size, len(scene.bands), size, size), dtype=np.float32)
+    batch_valid = np.empty((batch_size, size, size), dtype=bool)
+    pending: list[Tile] = []
 
     def flush() -> None:
-        batch = np.stack([p[1] for p in pending])
-        valid = np.stack([p[2] for p in pending])
-        for (tile, _, _), det in zip(pending, predict(net, batch, valid, score_threshold, tta, lm.spec.max_box_px), strict=True):
+        n = len(pending)
+        dets = predict(net, batch[:n], batch_valid[:n], score_threshold, tta, lm.spec.max_box_px)
+        for tile, det in zip(pending, dets, strict=True):
             b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
             keep = in_core(tile, b)
             kept_boxes.append(b[keep])
@@ -233,7 +237,10 @@ def detect_block(
             if not valid.any():
                 skipped += 1
                 continue
-            pending.append((tile, apply(data, stats.lo, stats.hi, valid), valid))
+            k = len(pending)
+            apply(data, stats.lo, stats.hi, valid, out=batch[k])
+            batch_valid[k] = valid
+            pending.append(tile)
             if len(pending) >= batch_size:
                 flush()
         if pending:
