@@ -25,7 +25,7 @@ from torchvision.models.resnet import BasicBlock
 
 from imagery.errors import ModelError
 
-ARCHITECTURES = ("centernet",)
+ARCHITECTURES = ("centernet", "centernet-ensemble")
 
 
 def _layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
@@ -112,6 +112,36 @@ class CenterNet(nn.Module):
         return self.heatmap(top), self.size(top), self.offset(top)
 
 
+class CenterNetEnsemble(nn.Module):
+    """Several CenterNets of one shape, trained apart (other seeds), run as one model.
+
+    Their centre probabilities are averaged and returned as logits, as one CenterNet
+    returns them; box sizes and offsets are averaged. Members trained from scratch on a
+    few hundred objects disagree mostly on their false alarms, so the average keeps
+    fewer of them (see ``training.ensemble``).
+
+    Args:
+        members: how many CenterNets.
+        **params: the members' :class:`CenterNet` parameters (the same for all).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, members: int = 2, **params: Any) -> None:
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        self.members = nn.ModuleList(CenterNet(in_channels, num_classes, **params) for _ in range(members))
+        self.stride = self.members[0].stride
+        self.pad_multiple = self.members[0].pad_multiple
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the members' mean centre probability as logits, mean log box size and mean offset."""
+        outs = [m(x) for m in self.members]
+        prob = torch.stack([torch.sigmoid(o[0]) for o in outs]).mean(0).clamp(1e-6, 1 - 1e-6)
+        size = torch.stack([o[1] for o in outs]).mean(0)
+        offset = torch.stack([o[2] for o in outs]).mean(0)
+        return torch.log(prob) - torch.log1p(-prob), size, offset
+
+
 @dataclass(frozen=True)
 class RawDetections:
     """Detections of one tile in tile pixel coordinates (``x0, y0, x1, y1``)."""
@@ -124,12 +154,14 @@ class RawDetections:
 def build_model(arch: str, in_channels: int, num_classes: int, params: dict[str, Any] | None = None) -> nn.Module:
     """Build an untrained model of architecture ``arch``."""
     params = dict(params or {})
-    if arch != "centernet":
+    if arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     for key in ("widths", "blocks"):
         if key in params:
             params[key] = tuple(params[key])
     try:
+        if arch == "centernet-ensemble":
+            return CenterNetEnsemble(in_channels, num_classes, **params)
         return CenterNet(in_channels, num_classes, **params)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"bad parameters for architecture {arch}: {exc}") from None

@@ -23,6 +23,12 @@ area covered per second (for (a): tiles/s times the scene area per grid tile).
 The last two lines are ``end_to_end_vs_model_only R`` and ``end_to_end_vs_torchgeo R``
 (R = tiles/s of (b) over (a), and km²/s of (b) over (c)).
 
+(b) pays per-scene costs that (a) does not and that do not grow with the scene: the statistics
+pass every block waits for (~0.1-0.2 s with one core idle), planning and the output files
+(~0.1 s), and a last block that one core finishes alone. So R rises with scene size: on 2 cores
+it was 0.89 at 4096² and 0.97 at 8192², where reading and normalising (~5% of the
+thread-time) is most of the gap. The default, 8192², is about half a Sentinel-2 tile (10980²).
+
 glibc's allocator maps and unmaps every activation buffer by default, which costs more than
 the pipeline (docs: GUIDE, "Measured on these machines"); the script re-executes itself with
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_ARENA_MAX=1`` unless those are
@@ -31,7 +37,8 @@ measurements run under the same allocator.
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: torchgeo, psutil) for (c).
 
-    python scripts/benchmark.py                       # 4096² scene, every core
+    python scripts/benchmark.py                       # 8192² scene (~20 min on 2 cores), every core
+    python scripts/benchmark.py --size 4096           # a sixth of a Sentinel-2 tile (~8 min)
     python scripts/benchmark.py --size 768 --repeats 1  # a smoke test
     python scripts/benchmark.py --device cuda          # (a) and (b) on a GPU
 """
@@ -668,7 +675,9 @@ def torchgeo_loop(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Fig
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=4096, help="scene side in pixels (default 4096)")
+    p.add_argument("--size", type=int, default=8192,
+                   help="scene side in pixels (default 8192: about half a Sentinel-2 tile, whose per-scene costs "
+                        "a whole-scene run amortises as real runs do)")
     p.add_argument("--model", default="vessels-s2", help="model name or checkpoint path (default vessels-s2)")
     p.add_argument("--tile-size", type=int, default=None, help="tile side (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the model's)")
