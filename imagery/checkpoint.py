@@ -92,6 +92,11 @@ def _digest(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def bytes_sha256(data: bytes) -> str:
+    """SHA-256 of ``data`` (a checkpoint file's bytes), as ``sha256:HEX``, as :func:`file_sha256` gives it."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, as ``sha256:HEX``."""
     h = hashlib.sha256()
@@ -170,5 +175,5 @@ def load_checkpoint(path: str | Path, data: bytes | None = None) -> LoadedModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{p}: weights do not fit architecture {spec.arch} ({str(exc)[:120]})") from None
     model.eval()
-    file_checksum = "sha256:" + hashlib.sha256(data).hexdigest() if data is not None else file_sha256(p)
+    file_checksum = bytes_sha256(data) if data is not None else file_sha256(p)
     return LoadedModel(spec=spec, model=model, path=str(p), checksum=file_checksum)

@@ -6,7 +6,6 @@ loaded model in :data:`_MODELS` across tasks instead of unpickling one per task.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagery.checkpoint import LoadedModel, file_sha256, load_checkpoint
+from imagery.checkpoint import LoadedModel, bytes_sha256, file_sha256, load_checkpoint
 from imagery.errors import CheckpointError, SitewatchError
 from imagery.georef import box_corners, pixel_to_map, to_lonlat
 from imagery.inference import predict
@@ -59,13 +58,10 @@ def load_model(path: str | Path) -> LoadedModel:
         data = p.read_bytes()
     except OSError:
         return load_checkpoint(p)  # its own message: no such file, a directory, not readable
-    checksum = "sha256:" + hashlib.sha256(data).hexdigest()
+    checksum = bytes_sha256(data)
+    preload_model(data, checksum, str(p))
     with _LOCK:
-        lm = _MODELS.get(checksum)
-    if lm is None:
-        lm = load_checkpoint(p, data)
-        with _LOCK:
-            lm = _MODELS.setdefault(lm.checksum, lm)
+        lm = _MODELS[checksum]
     return lm if lm.path == str(p) else replace(lm, path=str(p))
 
 
