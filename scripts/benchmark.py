@@ -5,11 +5,11 @@ Prints figures (it is not a test). In one run, on one seeded synthetic Sentinel-
 and one model, it times:
 
 (a) model only: detect's tiles (same ``TileGrid``), read and normalised into memory before
-    the clock starts, through ``imagery.inference.predict`` (forward pass *and* heatmap
+    the clock starts, through ``sitewatch.imagery.models.inference.predict`` (forward pass *and* heatmap
     decoding, which detect also pays) in several layouts: one model using every core, one
     single-threaded model per core (separate copies, or one module shared), and one model on
     one thread (scaling). The fastest layout using every core is the compute floor;
-(b) ``imagery.pipeline.detect`` end to end (plan, stats task, reading, inference, seam merge,
+(b) ``sitewatch.imagery.detect.pipeline.detect`` end to end (plan, stats task, reading, inference, seam merge,
     georeferencing, every output file), with N workers and with 1 (scaling);
 (c) the way a TorchGeo user would do it: ``RasterDataset`` + ``GridGeoSampler`` +
     ``DataLoader`` (``stack_samples``) feeding the same model through the same ``predict``
@@ -166,7 +166,7 @@ def write_synthetic_scene(
     the Sentinel-2 L2A COGs that STAC catalogues serve.
 
     Mostly open water, land west of a wavy coastline (per-band means and noise as in
-    ``imagery.synthetic``), bright vessel-like ellipses on the water, tiled 256 x 256, DEFLATE with a horizontal predictor, nodata 0, bands named
+    ``sitewatch.imagery.synthetic.sentinel2``), bright vessel-like ellipses on the water, tiled 256 x 256, DEFLATE with a horizontal predictor, nodata 0, bands named
     B02 B03 B04 B08, 10 m pixels on UTM zone 33N. Never holds more than one 256-row strip,
     so any size can be written. Each strip has its own seeded generator: equal seeds give
     equal files. Written to a temporary name and renamed.
@@ -325,7 +325,7 @@ class Setup:
     pixel_size: float
     model_path: str
     checksum: str
-    model: Any  # imagery.checkpoint.LoadedModel
+    model: Any  # sitewatch.imagery.models.checkpoint.LoadedModel
     tile_size: int
     overlap: int
     batch_size: int
@@ -335,7 +335,7 @@ class Setup:
     hi: np.ndarray
     nodata: float | None
     device: str = "cpu"
-    runtime: str = "torch"  # where (a) and (b) run the model: imagery.runtime (onnx or torch)
+    runtime: str = "torch"  # where (a) and (b) run the model: sitewatch.imagery.models.runtime (onnx or torch)
 
     @property
     def km2(self) -> float:
@@ -343,14 +343,14 @@ class Setup:
 
 
 def load_model(model: str) -> Any:
-    """The model as detect's workers get it (``imagery.worker.get_model``: one per process)."""
-    from imagery.checkpoint import load_checkpoint
-    from imagery.registry import resolve_model
+    """The model as detect's workers get it (``sitewatch.imagery.detect.worker.get_model``: one per process)."""
+    from sitewatch.imagery.models.checkpoint import load_checkpoint
+    from sitewatch.imagery.models.registry import resolve_model
 
     path = resolve_model(model)
     checksum = load_checkpoint(path).checksum
     try:
-        from imagery.worker import get_model
+        from sitewatch.imagery.detect.worker import get_model
 
         return get_model(str(path), checksum)
     except (ImportError, TypeError):  # the worker module is being reworked: same loader underneath
@@ -372,8 +372,8 @@ def read_tiles(s: Setup, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
 
     Returns ``(tiles (n, bands, size, size) float32, valid masks (n, size, size), grid tiles)``.
     """
-    from imagery.normalise import apply
-    from imagery.tiling import TileGrid
+    from sitewatch.imagery.scenes.normalise import apply
+    from sitewatch.imagery.scenes.tiling import TileGrid
 
     grid = TileGrid(s.width, s.height, s.tile_size, s.overlap)
     tiles = grid.tiles()
@@ -404,8 +404,7 @@ def time_layout(
     Each thread runs one untimed warm-up batch first; the clock starts when all are warm.
     """
     import torch
-
-    from imagery.inference import predict
+    from sitewatch.imagery.models.inference import predict
 
     bs = s.batch_size
     starts = list(range(0, len(data), bs))
@@ -459,8 +458,8 @@ def model_only(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], list[C
         gpu = copy.deepcopy(base).to("cuda")
         layouts.append((f"1 model on cuda, {n} cpu threads", [gpu], n))
     elif s.runtime == "onnx":
-        # The runtime detect uses (imagery.runtime): ONNX Runtime sessions of the same model.
-        from imagery.runtime import OnnxModel
+        # The runtime detect uses (sitewatch.imagery.models.runtime): ONNX Runtime sessions of the same model.
+        from sitewatch.imagery.models.runtime import OnnxModel
 
         one = OnnxModel(base, 1)
         layouts.append((f"onnx: 1 session x {n} threads", [OnnxModel(base, n)], n))
@@ -506,19 +505,19 @@ def model_only_summary(figs: Sequence[Figure]) -> tuple[Figure, Figure | None]:
 class Breakdown:
     """Wall and thread-seconds inside detect: the graph, the stats task, blocks, ``predict``.
 
-    Wraps module attributes of ``imagery.pipeline`` and ``imagery.worker`` for the duration of a
+    Wraps module attributes of ``sitewatch.imagery.detect.pipeline`` and ``sitewatch.imagery.detect.worker`` for the duration of a
     run (only those that exist: both modules are being reworked); the wrappers cost a
     ``perf_counter`` call each.
     """
 
     TARGETS = (
-        ("imagery.pipeline", "_run_graph", "graph"),
-        ("imagery.pipeline", "_run_job", "job (graph + recording)"),
-        ("imagery.pipeline", "run_tasks", "graph"),
-        ("imagery.pipeline", "scene_stats", "stats task"),
-        ("imagery.pipeline", "detect_block", "block tasks"),
-        ("imagery.worker", "predict", "predict() in blocks"),
-        ("imagery.pipeline", "write_outputs", "write outputs"),
+        ("sitewatch.imagery.detect.pipeline", "_run_graph", "graph"),
+        ("sitewatch.imagery.detect.pipeline", "_run_job", "job (graph + recording)"),
+        ("sitewatch.imagery.detect.pipeline", "run_tasks", "graph"),
+        ("sitewatch.imagery.detect.pipeline", "scene_stats", "stats task"),
+        ("sitewatch.imagery.detect.pipeline", "detect_block", "block tasks"),
+        ("sitewatch.imagery.detect.worker", "predict", "predict() in blocks"),
+        ("sitewatch.imagery.detect.pipeline", "write_outputs", "write outputs"),
     )
 
     def __init__(self) -> None:
@@ -561,7 +560,7 @@ class Breakdown:
 
 def run_detect(s: Setup, workers: int, out: Path, breakdown: bool) -> tuple[float, int, dict[str, int], dict[str, float], dict[str, int]]:
     """One ``detect`` call; returns seconds, grid tiles, detections per class and the breakdown."""
-    from imagery.pipeline import DetectSettings, detect
+    from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 
     fields = {f.name for f in dataclasses.fields(DetectSettings)}
     # No flip averaging: (a) and (c) run the plain forward pass, so (b) must too.
@@ -585,7 +584,7 @@ def run_detect(s: Setup, workers: int, out: Path, breakdown: bool) -> tuple[floa
 def end_to_end(s: Setup, args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], list[Callable[[], None]]]:
     """(b): detect with N workers and with 1, as empty figures and one callable per worker
     count that times one more run into its figure."""
-    from imagery.pipeline import DetectSettings
+    from sitewatch.imagery.detect.pipeline import DetectSettings
 
     if args.device == "cuda" and "device" not in {f.name for f in dataclasses.fields(DetectSettings)}:
         print("\n(b) note: DetectSettings has no device setting; detect runs its model where get_model puts it")
@@ -623,11 +622,10 @@ def end_to_end(s: Setup, args: argparse.Namespace, workdir: Path) -> tuple[list[
 def torchgeo_loop(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Figure]:
     """(c): RasterDataset + GridGeoSampler + DataLoader feeding ``predict``; the fastest num_workers counts."""
     import torch
+    from sitewatch.imagery.models.inference import predict
     from torch.utils.data import DataLoader
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler, Units
-
-    from imagery.inference import predict
 
     class BenchScene(RasterDataset):
         filename_glob = s.scene.name
@@ -733,8 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         lm = load_model(args.model)
         spec = lm.spec
-        from imagery.pipeline import DetectSettings
-        from imagery.runtime import resolve_runtime
+        from sitewatch.imagery.detect.pipeline import DetectSettings
+        from sitewatch.imagery.models.runtime import resolve_runtime
 
         with rasterio.open(scene) as src:
             width, height, nodata = src.width, src.height, src.nodata
@@ -778,9 +776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n(c) TorchGeo loop", flush=True)
                 c_figs, c_best = torchgeo_loop(s, args)
 
-        print_table("(a) model only: imagery.inference.predict (forward + heatmap decode) on pre-read, "
+        print_table("(a) model only: sitewatch.imagery.models.inference.predict (forward + heatmap decode) on pre-read, "
                     "normalised tiles; km2/s is scene-equivalent", a_figs)
-        print_table("(b) sitewatch detect end to end (imagery.pipeline.detect, whole call, all outputs)", b_figs)
+        print_table("(b) sitewatch detect end to end (sitewatch.imagery.detect.pipeline.detect, whole call, all outputs)", b_figs)
         if c_figs:
             print_table("(c) TorchGeo RasterDataset + GridGeoSampler + DataLoader -> predict (no seam merge, "
                         "no georeferencing)", c_figs)

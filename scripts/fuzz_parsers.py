@@ -5,16 +5,16 @@
     python scripts/fuzz_parsers.py --examples 500 --seed 7 --verbose
 
 Each generated input is written to a file, as the CLI would read it, and parsed:
-``geojson`` and ``coco`` files by :func:`training.labels.read_labels` with one small
+``geojson`` and ``coco`` files by :func:`sitewatch.training.labels.read_labels` with one small
 GeoTIFF scene (64 x 64 pixels of 10 m in UTM 33N, written to a temporary directory) and
-drawn :class:`training.labels.LabelOptions`; ``config`` files (with drawn ``--set``
-overrides) by :func:`training.config.load_config`. Inputs are valid documents with a few
+drawn :class:`sitewatch.training.labels.LabelOptions`; ``config`` files (with drawn ``--set``
+overrides) by :func:`sitewatch.training.config.load_config`. Inputs are valid documents with a few
 mutations (keys dropped, values replaced by arbitrary JSON or YAML, coordinates swapped,
 scaled to metres or made NaN, rings opened), arbitrary JSON values (NaN and Infinity
 included), truncated text, token soup and raw bytes.
 
 Every input must either load (and then give finite boxes inside the scene) or raise a
-:class:`imagery.errors.SitewatchError` whose message is one line, names the file (label
+:class:`sitewatch.imagery.errors.SitewatchError` whose message is one line, names the file (label
 file and config errors) and stays short; the CLI prints that line and exits with the
 error's exit code. Anything else (another exception type, a multi-line or nameless
 message, a Python warning, which the CLI would print as extra lines, or a bad box) is a
@@ -53,11 +53,11 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagery.errors import InputError, SitewatchError
-from imagery.georef import pixel_to_map, to_lonlat
-from imagery.scene import Scene, open_scene
-from training.config import Config, config_dict, load_config, parse_override
-from training.labels import LabelOptions, LabelSet, read_labels
+from sitewatch.imagery.errors import InputError, SitewatchError
+from sitewatch.imagery.scenes.georef import pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import Scene, open_scene
+from sitewatch.training.config import Config, config_dict, load_config, parse_override
+from sitewatch.training.labels import LabelOptions, LabelSet, read_labels
 
 TARGETS = ("geojson", "coco", "config")
 BANDS = ("B02", "B03", "B04", "B08")

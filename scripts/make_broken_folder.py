@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-
-from imagery.synthetic import make_scene
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 UTM = "EPSG:32633"
 GRID = Affine(10, 0, 500_000, 0, -10, 4_800_000)

@@ -21,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from affine import Affine  # noqa: E402
-
-from imagery.errors import SitewatchError  # noqa: E402
-from imagery.synthetic_rgb import kilns_to_geojson, make_rgb_kiln_scene, scene_transform  # noqa: E402
+from sitewatch.imagery.errors import SitewatchError  # noqa: E402
+from sitewatch.imagery.synthetic.highres import kilns_to_geojson, make_rgb_kiln_scene, scene_transform  # noqa: E402
 
 CRS = "EPSG:32644"
 # Seeds of split k start at base * SEED_STRIDE + k * SPLIT_STRIDE, so the splits never share one.

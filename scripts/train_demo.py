@@ -21,11 +21,11 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagery.demo import evaluate_planted
-from imagery.pipeline import DetectSettings, detect
-from imagery.synthetic import make_scene, truth_to_geojson
-from training.config import load_config
-from training.run import run_training
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.synthetic.demo import evaluate_planted
+from sitewatch.imagery.synthetic.sentinel2 import make_scene, truth_to_geojson
+from sitewatch.training.config import load_config
+from sitewatch.training.run import run_training
 
 
 def main() -> None:

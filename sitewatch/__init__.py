@@ -8,10 +8,10 @@ The Python API mirrors the command line::
 
 from typing import TYPE_CHECKING, Any
 
-from imagery.errors import SitewatchError
+from sitewatch.imagery.errors import SitewatchError
 
 if TYPE_CHECKING:
-    from imagery.pipeline import DetectSettings, RunSummary, detect
+    from sitewatch.imagery.detect.pipeline import DetectSettings, RunSummary, detect
 
 __all__ = ["DetectSettings", "RunSummary", "SitewatchError", "detect"]
 __version__ = "0.1.0"
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
     # Lazy: importing the pipeline pulls in torch (seconds), which `sitewatch --help`,
     # flag errors and `python -m sitewatch.cli` must not pay for.
     if name in ("DetectSettings", "RunSummary", "detect"):
-        import imagery.pipeline
+        import sitewatch.imagery.detect.pipeline
 
-        return getattr(imagery.pipeline, name)
+        return getattr(sitewatch.imagery.detect.pipeline, name)
     raise AttributeError(f"module 'sitewatch' has no attribute {name!r}")

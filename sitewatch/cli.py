@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from imagery.errors import SitewatchError
+from sitewatch.imagery.errors import SitewatchError
 
 #: Exit code when a batch finished but some scenes failed.
 EXIT_PARTIAL = 6
@@ -129,9 +129,9 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     A scene that fails is listed in run.json and the others go on (exit 6); with
     --fail-fast the run stops at the first failure instead.
     """
-    from imagery.pipeline import DetectSettings
-    from imagery.pipeline import detect as run_detect
-    from imagery.sites import parse_site_distances
+    from sitewatch.imagery.candidates.sites import parse_site_distances
+    from sitewatch.imagery.detect.pipeline import DetectSettings
+    from sitewatch.imagery.detect.pipeline import detect as run_detect
 
     settings = DetectSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
@@ -175,7 +175,7 @@ def demo(out: Path, seed: int, workers: int | None, overwrite: bool) -> None:
     Writes the scene (demo-scene.tif), its planted objects (demo-truth.geojson), the usual
     run outputs, and demo-eval.json: how the detections match the planted objects.
     """
-    from imagery.demo import run_demo
+    from sitewatch.imagery.synthetic.demo import run_demo
 
     progress = _Progress(sys.stderr.isatty())
     try:
@@ -268,8 +268,8 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
         --labels kilns.geojson --out models/my-kilns
     sitewatch detect NEW.tif --model models/my-kilns --out run1
     """
-    from training.config import load_config, parse_override
-    from training.run import run_training
+    from sitewatch.training.config import load_config, parse_override
+    from sitewatch.training.run import run_training
 
     overrides = [parse_override(s) for s in sets]
     if epochs is not None:
@@ -321,7 +321,7 @@ def ensemble(models: tuple[str, ...], out: Path, name: str | None, version_: str
     sitewatch ensemble models/seed0 models/seed1 --out models/ensemble
     sitewatch detect SCENE --model models/ensemble --out RUN
     """
-    from training.ensemble import combine
+    from sitewatch.training.ensemble import combine
 
     lm = combine(list(models), out, name=name, version=version_, score_threshold=score_threshold, overwrite=overwrite)
     click.echo(f"{out}: {lm.spec.name} v{lm.spec.version}, an ensemble of {len(models)} models ({lm.checksum})")
@@ -335,7 +335,7 @@ def models(dirs: tuple[Path, ...]) -> None:
     DIRS are model directories (as `sitewatch train` writes them) or directories holding
     them; `./models` is searched when it exists.
     """
-    from imagery.registry import local_models, model_summary, shipped_models
+    from sitewatch.imagery.models.registry import local_models, model_summary, shipped_models
 
     search = list(dirs) or ([Path("models")] if Path("models").is_dir() else [])
     found = [("shipped", name, path) for name, path in shipped_models().items()]
@@ -384,8 +384,8 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
     metrics.json, pr_curve.png, false_positives.geojson and false_negatives.geojson
     (under the --primary criterion) and the detection run in OUT/detections.
     """
-    from imagery.pipeline import DetectSettings
-    from training.evaluate import CRITERIA, DETECTIONS_DIR, EVAL_FILES, EvalSettings, Metrics, run_evaluation
+    from sitewatch.imagery.detect.pipeline import DetectSettings
+    from sitewatch.training.evaluate import CRITERIA, DETECTIONS_DIR, EVAL_FILES, EvalSettings, Metrics, run_evaluation
 
     settings = EvalSettings(iou=iou, distance_m=distance_m, primary=primary, score_threshold=score_threshold)
     progress = _Progress(sys.stderr.isatty())
@@ -436,7 +436,7 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
 
 def _echo_sites(run_dir: Path) -> None:
     """One line: sites per class in the run directory's store and how many are reviewed."""
-    from imagery.store import CandidateStore
+    from sitewatch.imagery.candidates.store import CandidateStore
 
     counts = CandidateStore.in_run_dir(run_dir).counts()
     parts = [f"{c['sites']} {cls} ({c['sites'] - c['unreviewed']} reviewed)" for cls, c in sorted(counts.items())]
@@ -455,7 +455,7 @@ _RUN_DIR = click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Pa
 @click.option("--limit", type=int, default=None, help="Show at most this many sites.")
 def sites(run_dir: Path, statuses: tuple[str, ...], classes: tuple[str, ...], in_sample: bool, limit: int | None) -> None:
     """List the sites of a run directory's candidate store: id, class, status, date, detections, score, lon/lat."""
-    from imagery.store import CandidateStore
+    from sitewatch.imagery.candidates.store import CandidateStore
 
     store = CandidateStore.in_run_dir(run_dir)
     found = store.sites(status=statuses or None, cls=classes or None, in_sample=in_sample, limit=limit)
@@ -469,8 +469,8 @@ def _record_review(run_dir: Path, site_id: str, status: str, reviewer: str | Non
     """Record one review decision for a site (appended to the store's review log)."""
     import getpass
 
-    from imagery.errors import UsageError
-    from imagery.store import CandidateStore
+    from sitewatch.imagery.candidates.store import CandidateStore
+    from sitewatch.imagery.errors import UsageError
 
     if reviewer is None:
         try:
@@ -500,8 +500,8 @@ def export(run_dir: Path, out: Path, fmt: str | None, statuses: tuple[str, ...],
     objects, rejected ones hard negatives.
     sitewatch export runs/brick --status confirmed --status rejected --out labels.geojson
     """
-    from imagery.export import export_sites
-    from imagery.store import CandidateStore
+    from sitewatch.imagery.candidates.export import export_sites
+    from sitewatch.imagery.candidates.store import CandidateStore
 
     n = export_sites(CandidateStore.in_run_dir(run_dir), out, fmt=fmt, statuses=statuses or None,
                      classes=classes or None, overwrite=overwrite)
@@ -541,9 +541,9 @@ def estimate(run_dir: Path, sample_size: int | None, strata: int, seed: int | No
     It counts real sites among the candidates; --recall R (with --recall-se) also
     counts the sites the detector missed. The README describes the method.
     """
-    from imagery.estimate import draw_sample, write_estimate
-    from imagery.estimate import estimate as run_estimate
-    from imagery.store import CandidateStore
+    from sitewatch.imagery.candidates.estimate import draw_sample, write_estimate
+    from sitewatch.imagery.candidates.estimate import estimate as run_estimate
+    from sitewatch.imagery.candidates.store import CandidateStore
 
     store = CandidateStore.in_run_dir(run_dir)
     if sample_size is not None:
@@ -605,7 +605,7 @@ def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str 
     """
     import signal
 
-    from imagery.review import is_loopback, make_server
+    from sitewatch.imagery.review.server import is_loopback, make_server
 
     if site_id is not None or status is not None:  # one decision from the command line
         if site_id is None or status is None:
@@ -633,7 +633,7 @@ def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str 
         server.server_close()
 
 
-#: Commands that run PyTorch models, and so gain from :data:`imagery.execution.ALLOCATOR_ENV`.
+#: Commands that run PyTorch models, and so gain from :data:`sitewatch.imagery.detect.execution.ALLOCATOR_ENV`.
 _MODEL_COMMANDS = {"detect", "demo", "train", "evaluate"}
 
 
@@ -646,7 +646,7 @@ def _tune_allocator(argv: list[str]) -> None:
     """
     import os
 
-    from imagery.execution import ALLOCATOR_ENV
+    from sitewatch.imagery.detect.execution import ALLOCATOR_ENV
 
     if (not sys.platform.startswith("linux") or os.environ.get("SITEWATCH_NO_ALLOCATOR_TUNING")
             or any(k in os.environ for k in ALLOCATOR_ENV) or not _MODEL_COMMANDS & set(argv[:3])):

@@ -89,7 +89,7 @@ class Case:
 _FORK_RUNNER = r"""
 import json, os, sys, traceback
 from sitewatch.cli import main
-import imagery.pipeline, imagery.report  # the costly imports, paid once
+import sitewatch.imagery.detect.pipeline, sitewatch.imagery.detect.report  # the costly imports, paid once
 
 cases = json.load(sys.stdin)
 pids = []

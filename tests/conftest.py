@@ -68,9 +68,8 @@ TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
     import torch
-
-    from imagery.checkpoint import ModelSpec, save_checkpoint
-    from imagery.models import build_model
+    from sitewatch.imagery.models.architectures import build_model
+    from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("centernet", 4, 2, TINY_PARAMS)
@@ -96,10 +95,10 @@ def add_scene() -> AddScene:
     """Factory: ``add_scene(store, name, [(cls, lon, lat, score), ...], acquired=None, half_m=15.0)``.
 
     Adds one scene (its own run) with square detection boxes of ``2 * half_m`` metres around
-    each centre to a :class:`imagery.store.CandidateStore`, without running a detector;
-    returns the :class:`imagery.store.AddedRun`. ``site_distance=`` is passed through.
+    each centre to a :class:`sitewatch.imagery.candidates.store.CandidateStore`, without running a detector;
+    returns the :class:`sitewatch.imagery.candidates.store.AddedRun`. ``site_distance=`` is passed through.
     """
-    from imagery.store import Detection, RunInfo, SceneInfo
+    from sitewatch.imagery.candidates.store import Detection, RunInfo, SceneInfo
 
     def add(store, name, dets, acquired=None, half_m=15.0, site_distance=None):
         detections = []
@@ -123,8 +122,8 @@ def add_scene() -> AddScene:
 def make_review_run(base: Path) -> Path:
     """A real detect run with the shipped demo model on two small synthetic scenes of two dates
     (for the review page's tests)."""
-    from imagery.pipeline import DetectSettings, detect
-    from imagery.synthetic import make_scene
+    from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+    from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
     scenes = base / "scenes"
     scenes.mkdir()

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from imagery.errors import InputError, OutputError, UsageError
-from imagery.pipeline import DetectSettings, detect
-from imagery.registry import shipped_models
-from imagery.store import CandidateStore
-from imagery.synthetic import make_scene
+from sitewatch.imagery.candidates.store import CandidateStore
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.errors import InputError, OutputError, UsageError
+from sitewatch.imagery.models.registry import shipped_models
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 pytestmark = pytest.mark.skipif("demo" not in shipped_models(), reason="demo model not built")
 

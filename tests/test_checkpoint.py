@@ -1,4 +1,4 @@
-"""Tests for imagery.checkpoint: round trip, checksum, refusing non-checkpoints and pickled code."""
+"""Tests for sitewatch.imagery.models.checkpoint: round trip, checksum, refusing non-checkpoints and pickled code."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from imagery.checkpoint import FORMAT, ModelSpec, file_sha256, load_checkpoint, save_checkpoint
-from imagery.errors import CheckpointError, ModelError
-from imagery.models import build_model
-from imagery.normalise import Normalisation
+from sitewatch.imagery.errors import CheckpointError, ModelError
+from sitewatch.imagery.models.architectures import build_model
+from sitewatch.imagery.models.checkpoint import FORMAT, ModelSpec, file_sha256, load_checkpoint, save_checkpoint
+from sitewatch.imagery.scenes.normalise import Normalisation
 
 ARCH_PARAMS: dict[str, Any] = {"head_width": 16, "widths": [8, 16, 16, 16]}
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
-
-from imagery.normalise import Normalisation
-from imagery.scene import open_scene
-from training.chips import Region, build_chips, plan_windows
-from training.dataset import Augment, ChipSampler
-from training.labels import SceneLabels
+from sitewatch.imagery.scenes.normalise import Normalisation
+from sitewatch.imagery.scenes.scene import open_scene
+from sitewatch.training.chips import Region, build_chips, plan_windows
+from sitewatch.training.dataset import Augment, ChipSampler
+from sitewatch.training.labels import SceneLabels
 
 BANDS = ("B02", "B03", "B04", "B08")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from imagery.errors import UsageError
-from training.config import load_config, parse_override
+from sitewatch.imagery.errors import UsageError
+from sitewatch.training.config import load_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINIMAL = "model:\n  name: m\n  classes: [kiln]\n  bands: [red, green, blue]\n  pixel_size_m: 1\n"

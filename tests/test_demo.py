@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from imagery.georef import local_metres, pixel_to_map, to_lonlat
-from imagery.pipeline import DetectSettings, detect
-from imagery.registry import shipped_models
-from imagery.synthetic import make_scene
-from imagery.tiling import TileGrid
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.models.registry import shipped_models
+from sitewatch.imagery.scenes.georef import local_metres, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.tiling import TileGrid
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 pytestmark = pytest.mark.skipif("demo" not in shipped_models(), reason="demo model not built")
 

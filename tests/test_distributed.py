@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
-
-from imagery.jobs import recorded_blocks
-from imagery.pipeline import DetectSettings, detect
-from imagery.registry import resolve_model, shipped_models
-from imagery.synthetic import make_scene
+from sitewatch.imagery.detect.jobs import recorded_blocks
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.models.registry import resolve_model, shipped_models
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 SITEWATCH = [sys.executable, "-m", "sitewatch.cli"]
 
@@ -101,7 +100,7 @@ def test_a_worker_killed_mid_job_on_a_local_cluster_does_not_fail_it(
         assert killed, "the job finished before a worker could be killed"
         # The nanny restarted the killed worker; the job went on and lost nothing.
         assert pids[0] not in client.run(os.getpid).values()
-        loaded = client.run(lambda: sorted(__import__("imagery.worker", fromlist=["_MODELS"])._MODELS))
+        loaded = client.run(lambda: sorted(__import__("sitewatch.imagery.detect.worker", fromlist=["_MODELS"])._MODELS))
         assert all(v == [summary.plan.model.checksum] for v in loaded.values())
     assert sum(done) == summary.results[0].tiles_total and summary.results[0].tiles_failed == 0
     assert _features(tmp_path / "run") == ref

@@ -1,4 +1,4 @@
-"""Ensembles of one recipe's models (training.ensemble, `sitewatch ensemble`)."""
+"""Ensembles of one recipe's models (sitewatch.training.ensemble, `sitewatch ensemble`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sitewatch.imagery.errors import ModelError, OutputError, UsageError
+from sitewatch.imagery.models.checkpoint import load_checkpoint, save_checkpoint
+from sitewatch.imagery.models.runtime import inference_model, onnx_available
+from sitewatch.training.ensemble import combine
 
-from imagery.checkpoint import load_checkpoint, save_checkpoint
-from imagery.errors import ModelError, OutputError, UsageError
-from imagery.runtime import inference_model, onnx_available
 from tests.clirun import SITEWATCH
 from tests.test_checkpoint import tiny_model, tiny_spec
-from training.ensemble import combine
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``training.evaluate`` and ``sitewatch evaluate``: matching arithmetic, files, and the demo end to end.
+"""``sitewatch.training.evaluate`` and ``sitewatch evaluate``: matching arithmetic, files, and the demo end to end.
 
 The hand-built case (UTM 33N, 10 m pixels; threshold 0.5) has, in scene ``a``:
 
@@ -26,13 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyproj import CRS
-
-from imagery.errors import UsageError
-from imagery.registry import shipped_models
-from imagery.scene import Scene
-from imagery.worker import georeference
-from sitewatch.cli import main
-from training.evaluate import (
+from sitewatch.imagery.detect.worker import georeference
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.models.registry import shipped_models
+from sitewatch.imagery.scenes.scene import Scene
+from sitewatch.training.evaluate import (
     EVAL_FILES,
     EvalReport,
     EvalSettings,
@@ -40,7 +38,9 @@ from training.evaluate import (
     evaluate,
     write_evaluation,
 )
-from training.labels import SceneLabels
+from sitewatch.training.labels import SceneLabels
+
+from sitewatch.cli import main
 
 CLASSES = ("vessel", "kiln")
 V, K = 0, 1
@@ -211,7 +211,7 @@ def test_files_are_written_and_agree_with_the_metrics(tmp_path: Path, primary: s
 
 
 def test_a_failed_write_leaves_earlier_files_and_no_partial_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.evaluate as ev
+    import sitewatch.training.evaluate as ev
 
     out = tmp_path / "eval"
     write_evaluation(_case(), out)

@@ -11,9 +11,7 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
-
-from imagery.errors import OutputError, UsageError
-from imagery.estimate import (
+from sitewatch.imagery.candidates.estimate import (
     allocate,
     draw_sample,
     estimate,
@@ -23,13 +21,14 @@ from imagery.estimate import (
     stratified_estimate,
     write_estimate,
 )
-from imagery.export import export_sites
-from imagery.georef import box_corners, pixel_to_map, to_lonlat
-from imagery.report import ccw_rings
-from imagery.scene import open_scene
-from imagery.store import CandidateStore, Detection, RunInfo, SceneInfo
-from imagery.synthetic import make_scene
-from training.labels import LabelOptions, read_labels
+from sitewatch.imagery.candidates.export import export_sites
+from sitewatch.imagery.candidates.store import CandidateStore, Detection, RunInfo, SceneInfo
+from sitewatch.imagery.detect.report import ccw_rings
+from sitewatch.imagery.errors import OutputError, UsageError
+from sitewatch.imagery.scenes.georef import box_corners, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import open_scene
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
+from sitewatch.training.labels import LabelOptions, read_labels
 
 BANDS = ("B02", "B03", "B04", "B08")
 CLASSES = ("vessel", "kiln")

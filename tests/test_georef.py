@@ -1,4 +1,4 @@
-"""Tests for imagery.georef: pixel <-> map <-> lon/lat round trips, ring orientation, distances."""
+"""Tests for sitewatch.imagery.scenes.georef: pixel <-> map <-> lon/lat round trips, ring orientation, distances."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
 from rasterio.crs import CRS
-
-from imagery.georef import (
+from sitewatch.imagery.detect.report import ccw_rings
+from sitewatch.imagery.scenes.georef import (
     box_corners,
     from_lonlat,
     ground_distance_m,
@@ -20,7 +20,6 @@ from imagery.georef import (
     pixel_to_map,
     to_lonlat,
 )
-from imagery.report import ccw_rings
 
 #: Round-trip tolerance in pixels. pyproj's forward and inverse projections agree to
 #: nanometres, and float64 affine arithmetic on coordinates of ~1e7 m loses ~1e-8 m, so a

@@ -1,4 +1,4 @@
-"""Tests for imagery.pipeline.plan/build_graph: building the Dask graph stays lazy.
+"""Tests for sitewatch.imagery.detect.pipeline.plan/build_graph: building the Dask graph stays lazy.
 
 Like xarray's ``raise_if_dask_computes``: a scheduler that raises is installed while the
 graph is built, so any compute on the client fails the test.
@@ -17,15 +17,14 @@ import pytest
 import rasterio.io
 import torch
 from affine import Affine
-
-from imagery.checkpoint import ModelSpec, save_checkpoint
-from imagery.errors import InputError, UsageError
-from imagery.models import RawDetections, build_model
-from imagery.normalise import Normalisation
-from imagery.pipeline import DetectSettings, Plan, build_graph, plan
-from imagery.runtime import OnnxModel
-from imagery.scene import SceneReader, _row_runs
-from imagery.worker import BlockResult, SceneStats
+from sitewatch.imagery.detect.pipeline import DetectSettings, Plan, build_graph, plan
+from sitewatch.imagery.detect.worker import BlockResult, SceneStats
+from sitewatch.imagery.errors import InputError, UsageError
+from sitewatch.imagery.models.architectures import RawDetections, build_model
+from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
+from sitewatch.imagery.models.runtime import OnnxModel
+from sitewatch.imagery.scenes.normalise import Normalisation
+from sitewatch.imagery.scenes.scene import SceneReader, _row_runs
 
 TILES_PER_TASK = 5
 # 200 x 150 with 64-pixel tiles overlapping by 16: 4 x 3 = 12 tiles -> one block of the first 2,
@@ -157,7 +156,7 @@ def test_building_the_graph_computes_and_reads_nothing(
             empty = RawDetections(np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64))
             return [empty] * len(batch)
 
-        monkeypatch.setattr("imagery.worker.predict", no_objects)
+        monkeypatch.setattr("sitewatch.imagery.detect.worker.predict", no_objects)
         threads = torch.get_num_threads()
         try:
             computed = dask.compute(*graph, scheduler="sync")

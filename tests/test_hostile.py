@@ -185,9 +185,8 @@ def pickled_code(d: Path, model: Path) -> list[str]:
 def other_bands_checkpoint(d: Path, model: Path) -> list[str]:
     """A checkpoint for three RGB bands, on a four-band scene."""
     from conftest import TINY_PARAMS
-
-    from imagery.checkpoint import ModelSpec, save_checkpoint
-    from imagery.models import build_model
+    from sitewatch.imagery.models.architectures import build_model
+    from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
 
     spec = ModelSpec(name="rgb", version="0", arch="centernet", classes=("kiln",), bands=("red", "green", "blue"),
                      arch_params=TINY_PARAMS)

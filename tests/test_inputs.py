@@ -1,4 +1,4 @@
-"""Tests for imagery.inputs: expanding INPUTs (files, directories, globs, lists, STAC, URLs) and opening them."""
+"""Tests for sitewatch.imagery.scenes.inputs: expanding INPUTs (files, directories, globs, lists, STAC, URLs) and opening them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
-
-from imagery.errors import BandError, InputError, NotARasterError, UsageError
-from imagery.inputs import SceneInput, expand_inputs, gdal_path, open_input
-from imagery.scene import REMOTE_GDAL_OPTIONS, SceneReader
+from sitewatch.imagery.errors import BandError, InputError, NotARasterError, UsageError
+from sitewatch.imagery.scenes.inputs import SceneInput, expand_inputs, gdal_path, open_input
+from sitewatch.imagery.scenes.scene import REMOTE_GDAL_OPTIONS, SceneReader
 
 MODEL_BANDS = ("B02", "B03", "B04", "B08")
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
-
-from imagery.errors import InputError, OutputError
-from imagery.jobs import JOB_DIR, recorded_blocks
-from imagery.outputs import RESULT_FILES
-from imagery.pipeline import DetectSettings, detect
-from imagery.registry import shipped_models
-from imagery.synthetic import make_scene
+from sitewatch.imagery.detect.jobs import JOB_DIR, recorded_blocks
+from sitewatch.imagery.detect.outputs import RESULT_FILES
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.errors import InputError, OutputError
+from sitewatch.imagery.models.registry import shipped_models
+from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 pytestmark = pytest.mark.skipif("demo" not in shipped_models(), reason="demo model not built")
 

@@ -21,12 +21,11 @@ from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
-
-from imagery.errors import InputError, SitewatchError, UsageError
-from imagery.georef import pixel_to_map, to_lonlat
-from imagery.scene import Scene, open_scene
-from training.config import load_config, parse_override
-from training.labels import LabelError, LabelOptions, read_labels
+from sitewatch.imagery.errors import InputError, SitewatchError, UsageError
+from sitewatch.imagery.scenes.georef import pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import Scene, open_scene
+from sitewatch.training.config import load_config, parse_override
+from sitewatch.training.labels import LabelError, LabelOptions, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("B02", "B03", "B04", "B08")

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from affine import Affine
 from pyproj import Transformer
-
-from imagery.errors import InputError, UsageError
-from imagery.scene import Scene, open_scene
-from training.labels import LabelError, LabelOptions, LabelProblem, LabelSet, problem_summary, read_labels
+from sitewatch.imagery.errors import InputError, UsageError
+from sitewatch.imagery.scenes.scene import Scene, open_scene
+from sitewatch.training.labels import LabelError, LabelOptions, LabelProblem, LabelSet, problem_summary, read_labels
 
 MakeGeoTiff = Callable[..., Path]
 BANDS = ("B02", "B03", "B04", "B08")

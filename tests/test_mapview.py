@@ -1,4 +1,4 @@
-"""Tests for imagery.mapview: the offline candidate map."""
+"""Tests for sitewatch.imagery.detect.mapview: the offline candidate map."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-
-from imagery.errors import UsageError
-from imagery.mapview import MapLayer, quicklook_rgb, render_map_html
+from sitewatch.imagery.detect.mapview import MapLayer, render_map_html
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.scenes.quicklook import quicklook_rgb
 
 EVIL = "<script>alert(1)</script>"
 

@@ -1,8 +1,8 @@
-"""Seam tests without a model: a perfect detector, tile-core ownership and imagery.merge.suppress.
+"""Seam tests without a model: a perfect detector, tile-core ownership and sitewatch.imagery.detect.merge.suppress.
 
 The detector sees, in each tile, the part of every object inside the tile's window (in scene
 pixels), exactly as a real detector sees an object cut by the tile edge. Ownership
-(:func:`imagery.worker.in_core`) plus class-aware suppression must then report every object
+(:func:`sitewatch.imagery.detect.worker.in_core`) plus class-aware suppression must then report every object
 exactly once, with its whole box.
 """
 
@@ -13,11 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
-
-from imagery.merge import suppress
-from imagery.scene import BandSource, Scene
-from imagery.tiling import TileGrid
-from imagery.worker import empty_detections, georeference, in_core
+from sitewatch.imagery.detect.merge import suppress
+from sitewatch.imagery.detect.worker import empty_detections, georeference, in_core
+from sitewatch.imagery.scenes.scene import BandSource, Scene
+from sitewatch.imagery.scenes.tiling import TileGrid
 
 WIDTH, HEIGHT, SIZE, OVERLAP = 300, 260, 64, 16
 IOU = 0.4

@@ -1,4 +1,4 @@
-"""Tests for imagery.outputs: refusing output directories, staging and committing results."""
+"""Tests for sitewatch.imagery.detect.outputs: refusing output directories, staging and committing results."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import imagery.outputs
-from imagery.errors import OutputError
-from imagery.outputs import RESULT_FILES, Staging, check_out_dir
+import sitewatch.imagery.detect.outputs
+from sitewatch.imagery.detect.outputs import RESULT_FILES, Staging, check_out_dir
+from sitewatch.imagery.errors import OutputError
 
 
 def _hidden(parent: Path) -> list[str]:
@@ -113,13 +112,13 @@ def test_commit_puts_run_json_last(tmp_path, monkeypatch):
     for name in RESULT_FILES:
         staging.write_text(name, name)
     moved: list[str] = []
-    real_replace = imagery.outputs.os.replace
+    real_replace = sitewatch.imagery.detect.outputs.os.replace
 
     def spy(src, dst):
         moved.append(Path(dst).name)
         real_replace(src, dst)
 
-    monkeypatch.setattr(imagery.outputs.os, "replace", spy)
+    monkeypatch.setattr(sitewatch.imagery.detect.outputs.os, "replace", spy)
     staging.commit(["run.json", *(n for n in RESULT_FILES if n != "run.json")])  # run.json named first on purpose
     assert moved[-1] == "run.json"
     assert sorted(moved) == sorted(RESULT_FILES)
@@ -175,7 +174,7 @@ def test_commit_creates_subdirectories(tmp_path):
 
 
 def test_append_needs_a_store_and_excludes_overwrite(tmp_path):
-    from imagery.errors import UsageError
+    from sitewatch.imagery.errors import UsageError
 
     check_out_dir(tmp_path / "new", overwrite=False, append=True)  # no earlier run: a new one
     (tmp_path / "run.json").write_text("{}")
@@ -202,8 +201,8 @@ def _scene(make_geotiff) -> Path:
 
 
 def test_failing_output_write_in_detect_keeps_earlier_results(tmp_path, make_geotiff, tiny_checkpoint, monkeypatch):
-    import imagery.report
-    from imagery.pipeline import DetectSettings, detect
+    import sitewatch.imagery.detect.report
+    from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 
     scene = _scene(make_geotiff)
     settings = DetectSettings(tile_size=32, overlap=8, score_threshold=0.0, workers=2)
@@ -214,7 +213,7 @@ def test_failing_output_write_in_detect_keeps_earlier_results(tmp_path, make_geo
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imagery.report, "render_map_html", broken)
+    monkeypatch.setattr(sitewatch.imagery.detect.report, "render_map_html", broken)
     with pytest.raises(OSError):
         detect([scene], tiny_checkpoint, out, settings, overwrite=True)
 

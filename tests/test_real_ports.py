@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from imagery.georef import local_metres, pixel_to_map, to_lonlat
-from imagery.matching import match_centres
-from imagery.pipeline import DetectSettings, detect
-from imagery.registry import shipped_models
-from imagery.scene import open_scene
-from training.coco import read_coco
+from sitewatch.imagery.candidates.matching import match_centres
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.models.registry import shipped_models
+from sitewatch.imagery.scenes.georef import local_metres, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import open_scene
+from sitewatch.training.coco import read_coco
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen2ships"
 pytestmark = [
@@ -57,10 +56,10 @@ def test_detect_finds_labelled_ships_in_a_port(tmp_path: Path) -> None:
 def test_train_preset_reads_sen2ships_coco_labels(tmp_path: Path) -> None:
     """The vessels preset on two real ports: COCO images bind to band directories by name,
     'ship' maps to 'vessel', and the other ports' images are reported, not silently dropped."""
-    from imagery.checkpoint import load_checkpoint
-    from training.config import load_config, parse_override
-    from training.labels import LabelError
-    from training.run import run_training
+    from sitewatch.imagery.models.checkpoint import load_checkpoint
+    from sitewatch.training.config import load_config, parse_override
+    from sitewatch.training.labels import LabelError
+    from sitewatch.training.run import run_training
 
     config = Path(__file__).resolve().parents[1] / "configs" / "vessels-sentinel2.yaml"
     small = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "train.mine_at=[]",

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from conftest import default_sigint, make_review_run
 from PIL import Image
-
-from imagery.review import (
+from sitewatch.imagery.candidates.store import STATUSES, CandidateStore
+from sitewatch.imagery.review.server import (
     CHIP_MAX_PX,
     CHIP_MIN_PX,
     DEFAULT_HOST,
@@ -40,7 +40,6 @@ from imagery.review import (
     make_server,
     uncertainty,
 )
-from imagery.store import STATUSES, CandidateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What a state-changing request that is refused must leave alone: (rows in reviews, every site's review columns).
@@ -239,7 +238,7 @@ def test_sample_mode_needs_a_sample(run_dir: Path, tmp_path: Path) -> None:
     import shutil
     import sqlite3
 
-    from imagery.errors import InputError
+    from sitewatch.imagery.errors import InputError
 
     shutil.copy(run_dir / "candidates.gpkg", tmp_path / "candidates.gpkg")
     with sqlite3.connect(tmp_path / "candidates.gpkg") as con:
@@ -249,7 +248,7 @@ def test_sample_mode_needs_a_sample(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_sample_filter(run_dir: Path, server: ReviewServer) -> None:
-    from imagery.estimate import draw_sample
+    from sitewatch.imagery.candidates.estimate import draw_sample
 
     store = CandidateStore.in_run_dir(run_dir)
     draw_sample(store, 3, seed=1, redraw=True)

@@ -20,9 +20,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from conftest import AddScene, make_review_run
-
-from imagery.review import ReviewServer, make_server
-from imagery.store import CandidateStore
+from sitewatch.imagery.candidates.store import CandidateStore
+from sitewatch.imagery.review.server import ReviewServer, make_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review.png"
@@ -234,7 +233,7 @@ def test_filters_and_sorting(browser: Any, served: Served, run_dir: Path) -> Non
 
 
 def test_sample_mode(browser: Any, run_dir: Path) -> None:
-    from imagery.estimate import draw_sample
+    from sitewatch.imagery.candidates.estimate import draw_sample
 
     store = CandidateStore.in_run_dir(run_dir)
     draw_sample(store, 2, seed=7, redraw=True)

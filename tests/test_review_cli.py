@@ -14,8 +14,7 @@ from pathlib import Path
 
 import click
 import pytest
-
-from imagery.store import CandidateStore
+from sitewatch.imagery.candidates.store import CandidateStore
 
 SITEWATCH = [sys.executable, "-m", "sitewatch.cli"]
 LON0, LAT0 = 88.40, 22.60

@@ -1,17 +1,16 @@
-"""ONNX Runtime inference gives what PyTorch gives (imagery.runtime)."""
+"""ONNX Runtime inference gives what PyTorch gives (sitewatch.imagery.models.runtime)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from imagery.checkpoint import load_checkpoint
-from imagery.errors import UsageError
-from imagery.inference import predict
-from imagery.models import build_model
-from imagery.registry import resolve_model, shipped_models
-from imagery.runtime import OnnxModel, inference_model, onnx_available, resolve_runtime
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.models.architectures import build_model
+from sitewatch.imagery.models.checkpoint import load_checkpoint
+from sitewatch.imagery.models.inference import predict
+from sitewatch.imagery.models.registry import resolve_model, shipped_models
+from sitewatch.imagery.models.runtime import OnnxModel, inference_model, onnx_available, resolve_runtime
 
 pytestmark = pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 

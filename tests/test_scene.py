@@ -1,4 +1,4 @@
-"""Tests for imagery.scene: opening scenes, mapping bands, refusing bad rasters, reading windows."""
+"""Tests for sitewatch.imagery.scenes.scene: opening scenes, mapping bands, refusing bad rasters, reading windows."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
-
-from imagery.errors import (
+from sitewatch.imagery.errors import (
     BandError,
     CorruptRasterError,
     InputError,
@@ -16,8 +15,8 @@ from imagery.errors import (
     NotGeoreferencedError,
     UsageError,
 )
-from imagery.scene import SceneReader, open_scene
-from imagery.tiling import TileGrid
+from sitewatch.imagery.scenes.scene import SceneReader, open_scene
+from sitewatch.imagery.scenes.tiling import TileGrid
 
 MODEL_BANDS = ("B02", "B03", "B04", "B08")
 S2_NAME = "2023-08-17-00:00_2023-08-17-23:59_Sentinel-2_L2A_{band}_(Raw).tiff"
@@ -285,7 +284,7 @@ def test_scene_is_small_and_picklable(make_geotiff):
 
 
 def test_read_tiles_gives_what_read_tile_gives_for_every_tile(make_geotiff, tmp_path):
-    from imagery.tiling import TileGrid
+    from sitewatch.imagery.scenes.tiling import TileGrid
 
     path = make_geotiff(300, 210, nodata=0, seed=4)
     scene = open_scene(path, ("B02", "B03", "B04", "B08"))
@@ -300,7 +299,7 @@ def test_read_tiles_gives_what_read_tile_gives_for_every_tile(make_geotiff, tmp_
 
 
 def test_read_tiles_fails_only_the_tiles_a_damaged_block_touches(make_geotiff, tmp_path):
-    from imagery.tiling import TileGrid
+    from sitewatch.imagery.scenes.tiling import TileGrid
 
     good = make_geotiff(512, 512, seed=5)
     bad = tmp_path / "cut.tif"

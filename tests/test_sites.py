@@ -1,4 +1,4 @@
-"""Grouping detections into sites (imagery.sites), through the store, and acquisition dates."""
+"""Grouping detections into sites (sitewatch.imagery.candidates.sites), through the store, and acquisition dates."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-
-from imagery.acquisition import acquisition_date, date_in_metadata, date_in_name
-from imagery.errors import UsageError
-from imagery.georef import ground_distance_m
-from imagery.scene import open_scene
-from imagery.sites import SitePoint, assign, parse_site_distances, site_distances
-from imagery.store import CandidateStore
+from sitewatch.imagery.candidates.sites import SitePoint, assign, parse_site_distances, site_distances
+from sitewatch.imagery.candidates.store import CandidateStore
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.scenes.acquisition import acquisition_date, date_in_metadata, date_in_name
+from sitewatch.imagery.scenes.georef import ground_distance_m
+from sitewatch.imagery.scenes.scene import open_scene
 
 LON0, LAT0 = 88.40, 22.60  # the Brick Belt, near Kolkata
 DEFAULTS = {"kiln": 100.0, "vessel": 50.0}
@@ -152,7 +151,7 @@ def test_site_distance_is_remembered_for_later_runs(tmp_path, add_scene):
 
 
 def test_a_scene_already_in_the_store_is_refused_and_nothing_changes(tmp_path, add_scene):
-    from imagery.errors import InputError
+    from sitewatch.imagery.errors import InputError
 
     store = CandidateStore.create(tmp_path / "c.gpkg")
     add_scene(store, "s1", [("kiln", LON0, LAT0, 0.9)])

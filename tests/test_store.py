@@ -12,10 +12,9 @@ import pyogrio
 import pytest
 import shapely
 from pyogrio.raw import read as ogr_read
-
-from imagery.errors import InputError, NotFoundError, UsageError
-from imagery.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
-from imagery.store import STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
+from sitewatch.imagery.candidates.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
+from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
+from sitewatch.imagery.errors import InputError, NotFoundError, UsageError
 
 LON0, LAT0 = 88.40, 22.60
 STEP = 0.01  # ~1 km between test sites

@@ -1,4 +1,4 @@
-"""Tests for imagery.synthetic: seeded scenes with planted vessels and kilns."""
+"""Tests for sitewatch.imagery.synthetic.sentinel2: seeded scenes with planted vessels and kilns."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import rasterio
 from affine import Affine
 from pyproj import CRS
-
-from imagery.errors import SitewatchError, UsageError
-from imagery.synthetic import BANDS, PlantedObject, make_scene, truth_to_geojson
+from sitewatch.imagery.errors import SitewatchError, UsageError
+from sitewatch.imagery.synthetic.sentinel2 import BANDS, PlantedObject, make_scene, truth_to_geojson
 
 SMALL: dict[str, Any] = {"width": 256, "height": 256, "n_vessels": 6, "n_kilns": 5}
 

@@ -1,4 +1,4 @@
-"""Tests for imagery.synthetic_rgb: seeded high-resolution RGB scenes with brick kilns."""
+"""Tests for sitewatch.imagery.synthetic.highres: seeded high-resolution RGB scenes with brick kilns."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import rasterio
 from affine import Affine
 from pyproj import CRS
 from rasterio.features import rasterize
-
-from imagery.errors import UsageError
-from imagery.georef import from_lonlat, map_to_pixel
-from imagery.synthetic_rgb import (
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.scenes.georef import from_lonlat, map_to_pixel
+from sitewatch.imagery.synthetic.highres import (
     BANDS,
     KILN_LENGTH_M,
     KILN_WIDTH_M,

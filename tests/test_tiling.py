@@ -1,4 +1,4 @@
-"""Property tests of imagery.tiling: coverage, overlap, edges, core partition, blocks."""
+"""Property tests of sitewatch.imagery.scenes.tiling: coverage, overlap, edges, core partition, blocks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-
-from imagery.errors import UsageError
-from imagery.tiling import Tile, TileGrid
+from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.scenes.tiling import Tile, TileGrid
 
 # Tile-level checks materialise every Tile; past this many they would dominate the run
 # (a stride-1 grid over 3000 x 3000 pixels has 9 million tiles), so those examples are

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+from sitewatch.imagery.errors import OutputError, UsageError
+from sitewatch.imagery.models.checkpoint import load_checkpoint
+from sitewatch.imagery.synthetic.sentinel2 import make_scene, truth_to_geojson
+from sitewatch.training.config import load_config, parse_override
+from sitewatch.training.labels import LabelError
+from sitewatch.training.run import MODEL_FILES, run_training
 
-from imagery.checkpoint import load_checkpoint
-from imagery.errors import OutputError, UsageError
-from imagery.pipeline import DetectSettings, detect
-from imagery.synthetic import make_scene, truth_to_geojson
 from sitewatch.cli import main
-from training.config import load_config, parse_override
-from training.labels import LabelError
-from training.run import MODEL_FILES, run_training
 
 CONFIG = """
 model:
@@ -227,8 +227,8 @@ def test_cli_bad_labels_one_line(data: dict[str, Path], tmp_path: Path, capsys: 
 
 
 def test_scene_labels_in_pixels_match_the_planted_objects(data: dict[str, Path]) -> None:
-    from imagery.scene import open_scene
-    from training.labels import LabelOptions, read_labels
+    from sitewatch.imagery.scenes.scene import open_scene
+    from sitewatch.training.labels import LabelOptions, read_labels
 
     scene = open_scene(data["scenes"] / "s0.tif", ("B02", "B03", "B04", "B08"))
     ls = read_labels([data["labels"]], [scene], LabelOptions(classes=("vessel", "kiln"), skip_problems=True))

@@ -22,13 +22,12 @@ from typing import Any
 
 import dask
 import numpy as np
-
-from imagery.errors import SitewatchError
-from imagery.normalise import Normalisation, apply
-from imagery.scene import Scene, SceneReader
-from imagery.tiling import Tile, TileGrid
-from imagery.worker import SceneStats, scene_stats
-from training.labels import SceneLabels
+from sitewatch.imagery.detect.worker import SceneStats, scene_stats
+from sitewatch.imagery.errors import SitewatchError
+from sitewatch.imagery.scenes.normalise import Normalisation, apply
+from sitewatch.imagery.scenes.scene import Scene, SceneReader
+from sitewatch.imagery.scenes.tiling import Tile, TileGrid
+from sitewatch.training.labels import SceneLabels
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Only what detection needs is read: ``images`` (``id``, ``file_name``, ``width``,
 ``height``), ``categories`` (``id``, ``name``) and ``annotations`` (``image_id``,
 ``category_id``, ``bbox`` as ``[x, y, width, height]`` pixels, optional ``id``). Anything
 else in the file is ignored. A file that lacks one of these, or holds a value of the wrong
-type, raises :class:`~imagery.errors.InputError` naming the entry; boxes that are merely
+type, raises :class:`~sitewatch.imagery.errors.InputError` naming the entry; boxes that are merely
 bad (no area, not finite, outside the image) are left to the caller to report per box.
 """
 
@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from imagery.errors import InputError
+from sitewatch.imagery.errors import InputError
 
 
 @dataclass(frozen=True)

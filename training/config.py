@@ -17,8 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-
-from imagery.errors import UsageError
+from sitewatch.imagery.errors import UsageError
 
 
 class _Section(BaseModel):
@@ -26,7 +25,7 @@ class _Section(BaseModel):
 
 
 class NormalisationConfig(_Section):
-    """How raw pixel values become model inputs (see :mod:`imagery.normalise`)."""
+    """How raw pixel values become model inputs (see :mod:`sitewatch.imagery.scenes.normalise`)."""
 
     method: Literal["scene_percentile", "fixed"] = "scene_percentile"
     low: float = Field(1.0, ge=0, le=100)
@@ -73,7 +72,7 @@ class ModelConfig(_Section):
 
 
 class LabelsConfig(_Section):
-    """How label files are read (see :mod:`training.labels`)."""
+    """How label files are read (see :mod:`sitewatch.training.labels`)."""
 
     class_property: str = "class"
     #: Label class names -> model class names, e.g. ``{ship: vessel}``.
@@ -97,7 +96,7 @@ class LabelsConfig(_Section):
 
 
 class ChipsConfig(_Section):
-    """Which windows are read for training (see :mod:`training.chips`)."""
+    """Which windows are read for training (see :mod:`sitewatch.training.chips`)."""
 
     size: int = Field(128, ge=32, le=1024)
     #: Share of chips centred on a labelled object.

@@ -1,7 +1,7 @@
-"""Augmented training chips drawn from windows read by :mod:`training.chips`.
+"""Augmented training chips drawn from windows read by :mod:`sitewatch.training.chips`.
 
-Windows are read through the same :class:`~imagery.scene.SceneReader` and
-:class:`~imagery.normalise.Normalisation` the detector uses, so a model sees at training
+Windows are read through the same :class:`~sitewatch.imagery.scenes.scene.SceneReader` and
+:class:`~sitewatch.imagery.scenes.normalise.Normalisation` the detector uses, so a model sees at training
 time exactly the inputs it will see in ``sitewatch detect``.
 """
 
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-
-from training.chips import Chip
+from sitewatch.training.chips import Chip
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _resample(chip: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarra
 
 
 class ChipSampler:
-    """Draws augmented training chips of ``size`` pixels from windows read by :mod:`training.chips`.
+    """Draws augmented training chips of ``size`` pixels from windows read by :mod:`sitewatch.training.chips`.
 
     With probability ``pos_fraction`` a chip is centred near a labelled object, with
     ``hard_fraction`` near a hard negative (a rejected candidate, or the model's own false

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from imagery.checkpoint import LoadedModel, ModelSpec, load_checkpoint
-from imagery.errors import ModelError, OutputError, UsageError
-from imagery.models import build_model
-from imagery.registry import CHECKPOINT_NAME, resolve_model
-from training.export import save_model_dir
+from sitewatch.imagery.errors import ModelError, OutputError, UsageError
+from sitewatch.imagery.models.architectures import build_model
+from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint
+from sitewatch.imagery.models.registry import CHECKPOINT_NAME, resolve_model
+from sitewatch.training.export import save_model_dir
 
 #: Spec fields that must agree between members: what the members see and what they report.
 MUST_MATCH = ("arch", "classes", "bands", "normalisation", "arch_params", "tile_size", "overlap",

@@ -1,7 +1,7 @@
 """Score detections against labels: precision, recall, F1 and average precision.
 
 Each detection is matched one-to-one to a label of its own class, greedily by descending
-score (:mod:`imagery.matching`), under two criteria side by side:
+score (:mod:`sitewatch.imagery.candidates.matching`), under two criteria side by side:
 
 * ``iou``: the boxes overlap with an IoU of at least :attr:`EvalSettings.iou` (scene pixels);
 * ``distance``: the box centres lie within :attr:`EvalSettings.distance_m` ground metres
@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from imagery.errors import OutputError, UsageError
-from imagery.georef import local_metres, pixel_to_map, to_lonlat
-from imagery.matching import Counts, counts_at, match_boxes, match_centres
-from imagery.outputs import Staging, out_dir_exists
-from imagery.report import ccw_rings
-from imagery.scene import Scene
+from sitewatch.imagery.candidates.matching import Counts, counts_at, match_boxes, match_centres
+from sitewatch.imagery.detect.outputs import Staging, out_dir_exists
+from sitewatch.imagery.detect.report import ccw_rings
+from sitewatch.imagery.errors import OutputError, UsageError
+from sitewatch.imagery.scenes.georef import local_metres, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import Scene
 
 if TYPE_CHECKING:
-    from imagery.pipeline import DetectSettings, Plan
-    from training.labels import SceneLabels
+    from sitewatch.imagery.detect.pipeline import DetectSettings, Plan
+    from sitewatch.training.labels import SceneLabels
 
 #: The matching criteria, in the order they are reported.
 CRITERIA: tuple[str, ...] = ("iou", "distance")
@@ -265,7 +264,7 @@ class _Pairing:
 
 def _label_lonlat(scene: Scene, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Corners ``(n, 4, 2)`` and centres ``(n, 2)`` in lon/lat of pixel boxes."""
-    from imagery.worker import georeference
+    from sitewatch.imagery.detect.worker import georeference
 
     g = georeference(scene, boxes, np.zeros(len(boxes)), np.zeros(len(boxes), np.int64))
     return g["corners_lonlat"], g["centre_lonlat"]
@@ -334,7 +333,7 @@ def evaluate(
     """Match detections to labels per scene and class and compute the figures.
 
     Args:
-        results: per scene, the scene and its detections as :func:`imagery.pipeline.detect`
+        results: per scene, the scene and its detections as :func:`sitewatch.imagery.detect.pipeline.detect`
             gives them (``boxes`` in scene pixels, ``scores``, ``labels``, ``corners_lonlat``,
             ``centre_lonlat``).
         truth: the labels of every scene in ``results`` (one each, found by ``scene.source``).
@@ -520,7 +519,7 @@ def run_evaluation(
     """Detect on ``inputs`` with ``model``, score against the labels, and write the results to ``out``.
 
     Scenes and labels are checked before any detection runs. The detection run (the real
-    :func:`imagery.pipeline.detect`, at score threshold ``min(0.05, operating threshold)``
+    :func:`sitewatch.imagery.detect.pipeline.detect`, at score threshold ``min(0.05, operating threshold)``
     so that AP sees low scores) goes to ``out/detections``; :func:`write_evaluation`'s files
     go to ``out``. Scenes that fail in detection are left out of the figures and listed in
     ``report.meta["failed_scenes"]``. Known non-objects in review exports (rejected
@@ -530,7 +529,7 @@ def run_evaluation(
         inputs: scene files or band directories, as for ``sitewatch detect``.
         model: a shipped model name or a checkpoint path.
         labels_paths: label files (GeoJSON, COCO JSON, review exports); see
-            :func:`training.labels.read_labels`.
+            :func:`sitewatch.training.labels.read_labels`.
         out: output directory: new, empty, or (with ``overwrite``) an earlier evaluation.
         eval_settings: matching criteria and operating threshold (``None``: the defaults).
         class_property: feature property holding the class name.
@@ -541,14 +540,14 @@ def run_evaluation(
         class_map: label class name -> model class name pairs (``("ship", "vessel")``).
         detect_settings: tiling, bands, workers...; its ``score_threshold`` is ignored.
         overwrite: replace an earlier evaluation in ``out``.
-        on_tiles: progress callback, as for :func:`imagery.pipeline.detect`.
+        on_tiles: progress callback, as for :func:`sitewatch.imagery.detect.pipeline.detect`.
         on_plan: called with the detection plan before detection starts.
 
     Raises:
         SitewatchError: bad flags, inputs, labels, model or output location.
     """
-    from imagery.pipeline import DetectSettings, detect, plan
-    from training.labels import LabelOptions, read_labels
+    from sitewatch.imagery.detect.pipeline import DetectSettings, detect, plan
+    from sitewatch.training.labels import LabelOptions, read_labels
 
     out = Path(out)
     settings = eval_settings or EvalSettings()

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from imagery.checkpoint import ModelSpec, save_checkpoint
-from imagery.registry import CHECKPOINT_NAME
+from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
+from sitewatch.imagery.models.registry import CHECKPOINT_NAME
 
 
 def save_model_dir(out: Path, spec: ModelSpec, model: torch.nn.Module, card: str, metrics: dict[str, Any]) -> str:

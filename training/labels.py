@@ -22,11 +22,10 @@ from pyproj.exceptions import CRSError, ProjError
 from shapely.errors import ShapelyError
 from shapely.geometry import shape as shapely_shape
 from shapely.validation import explain_validity
-
-from imagery.errors import InputError, UsageError
-from imagery.georef import ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
-from imagery.scene import Scene
-from training.coco import parse_coco
+from sitewatch.imagery.errors import InputError, UsageError
+from sitewatch.imagery.scenes.georef import ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.scene import Scene
+from sitewatch.training.coco import parse_coco
 
 
 @dataclass(frozen=True)

@@ -25,20 +25,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
-
-from imagery.checkpoint import ModelSpec, save_checkpoint
-from imagery.errors import InputError, OutputError, UsageError
-from imagery.georef import ground_pixel_m
-from imagery.models import build_model
-from imagery.normalise import Normalisation
-from imagery.outputs import out_dir_exists
-from imagery.registry import CHECKPOINT_NAME
-from imagery.scene import RASTER_SUFFIXES, Scene, band_name_in, open_scene
-from training.chips import Region, build_chips
-from training.config import Config, config_dict
-from training.dataset import Augment, ChipSampler
-from training.labels import LabelOptions, LabelSet, SceneLabels, problem_summary, read_labels
-from training.train import Validation, make_batch, mine_hard_negatives, train_step, validate
+from sitewatch.imagery.detect.outputs import out_dir_exists
+from sitewatch.imagery.errors import InputError, OutputError, UsageError
+from sitewatch.imagery.models.architectures import build_model
+from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
+from sitewatch.imagery.models.registry import CHECKPOINT_NAME
+from sitewatch.imagery.scenes.georef import ground_pixel_m
+from sitewatch.imagery.scenes.normalise import Normalisation
+from sitewatch.imagery.scenes.scene import RASTER_SUFFIXES, Scene, band_name_in, open_scene
+from sitewatch.training.chips import Region, build_chips
+from sitewatch.training.config import Config, config_dict
+from sitewatch.training.dataset import Augment, ChipSampler
+from sitewatch.training.labels import LabelOptions, LabelSet, SceneLabels, problem_summary, read_labels
+from sitewatch.training.train import Validation, make_batch, mine_hard_negatives, train_step, validate
 
 log = logging.getLogger(__name__)
 

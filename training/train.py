@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from imagery.inference import predict
-from imagery.matching import Counts, counts_at, match_boxes, match_centres
-from imagery.worker import in_core
-from training.chips import Chip, tile_of
-from training.dataset import ChipSampler
-from training.targets import centernet_loss, make_targets
+from sitewatch.imagery.candidates.matching import Counts, counts_at, match_boxes, match_centres
+from sitewatch.imagery.detect.worker import in_core
+from sitewatch.imagery.models.inference import predict
+from sitewatch.training.chips import Chip, tile_of
+from sitewatch.training.dataset import ChipSampler
+from sitewatch.training.targets import centernet_loss, make_targets
 
 #: Score thresholds at which validation F1 is computed; the best becomes the model's default.
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.05))

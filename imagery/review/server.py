@@ -1,0 +1,1059 @@
+"""The review page: ``sitewatch review DIR`` serves a run's candidate store to a browser.
+
+A standard-library :class:`http.server.ThreadingHTTPServer` (no web framework) that serves
+one page (:mod:`sitewatch.imagery.review.page`: inline HTML, CSS and JavaScript, no external URL) and
+a small JSON API over :class:`~sitewatch.imagery.candidates.store.CandidateStore` (the routes: :data:`ROUTES`):
+
+=======  =================================  =============================================
+GET      ``/``                              the review page
+GET      ``/api/summary``                   counts by class and status, sample progress
+GET      ``/api/sites``                     sites; filters, sort and paging as parameters
+GET      ``/api/sites/{id}``                one site, its detections and its review log
+POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note", "reviewer"}``
+GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
+GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
+GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
+=======  =================================  =============================================
+
+Safety, for a server that holds reviewers' decisions and reads files:
+
+* It binds 127.0.0.1 unless told otherwise; on a loopback address it answers only requests
+  whose ``Host`` is a loopback name (so a web page cannot reach it by DNS rebinding).
+* Nothing is served by joining a request path onto the filesystem: ids and scene names are
+  looked up in the store (SQL parameters), and a quick-look's file comes from the store's
+  record of that scene, resolved and checked to lie inside the run directory.
+* State changes only by POST, with a JSON body (``Content-Type: application/json``, one
+  ``Content-Length`` of at most :data:`MAX_BODY` bytes, no chunks), refused (403) when an
+  ``Origin`` header names another origin or ``Sec-Fetch-Site`` says the request comes from
+  another site. After a refused POST (or any request with a body no route reads) the
+  connection is closed, so no unread bytes are taken for the next request.
+* Every error is JSON ``{"error": "..."}`` with a 4xx code (500 for a bug, without detail);
+  no traceback reaches the client or the terminal.
+* The page inserts every text with ``textContent`` and is served with a Content Security
+  Policy that allows only its own nonce'd script, so a note holding ``<script>`` stays text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import json
+import math
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+from affine import Affine
+from PIL import Image, ImageDraw, ImageFont
+from shapely.geometry import Polygon, box
+from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection
+from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
+from sitewatch.imagery.review.page import render_page
+from sitewatch.imagery.scenes.georef import from_lonlat, ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
+from sitewatch.imagery.scenes.quicklook import rgb_bands
+from sitewatch.imagery.scenes.scene import BandSource, Scene, SceneReader
+
+#: Address ``sitewatch review`` binds unless ``--host`` says otherwise.
+DEFAULT_HOST = "127.0.0.1"
+#: Port ``sitewatch review`` listens on unless ``--port`` says otherwise.
+DEFAULT_PORT = 8765
+#: Largest request body accepted, in bytes.
+MAX_BODY = 64 * 1024
+#: Longest note and reviewer name, in characters.
+MAX_NOTE = 2000
+MAX_REVIEWER = 100
+#: Longest site id or scene name looked up; a longer one is not found (and not echoed back).
+MAX_NAME = 500
+#: An image chip is the footprint plus this much context: its side is this times the footprint's longer side ...
+CHIP_CONTEXT = 3.0
+#: ... but at least and at most this many scene pixels.
+CHIP_MIN_PX = 96
+CHIP_MAX_PX = 512
+#: Chips are enlarged (nearest neighbour, whole factors) to at most this many pixels a side.
+CHIP_OUT_PX = 512
+#: Percentiles of the chip's stretch (one for the three channels).
+CHIP_STRETCH = (1.0, 99.7)
+#: Outline colour of a site's footprint on its chip.
+CHIP_OUTLINE = (255, 214, 0)
+#: Chips kept in memory (LRU).
+CHIP_CACHE = 256
+#: Score threshold assumed for a class no run's model names (uncertainty only).
+DEFAULT_THRESHOLD = 0.5
+#: Sort keys of ``GET /api/sites`` and their default order.
+SORTS = {"score": "desc", "uncertainty": "desc", "class": "asc", "status": "asc", "id": "asc", "date": "asc"}
+#: Seconds an idle or slow connection is kept.
+SOCKET_TIMEOUT_S = 30.0
+#: A connection the server ends is first drained of what the client still sends, for at most this
+#: long and this many bytes: closing a socket with unread bytes makes the kernel reset the connection,
+#: and the reset can discard the answer (a 413 for a body too long) before the client reads it.
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
+#: Host names that are this machine (the ``Host`` header on a loopback-bound server).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+_LIST_PARAMS = {"class", "status", "min_score", "max_score", "sample", "sort", "order", "limit", "offset"}
+_MAX_LIMIT = 100_000
+
+
+class HTTPError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: its path, the methods it answers and the query parameters it takes.
+
+    A segment of ``pattern`` in braces (``{id}``, ``{name}``) is an argument: one path
+    segment, percent-decoded, which the handler looks up in the store (never on the disk).
+    """
+
+    name: str
+    pattern: tuple[str, ...]
+    methods: tuple[str, ...] = ("GET",)
+    #: Query parameters the route takes (any other is a 400).
+    params: frozenset[str] = frozenset()
+    #: Those of ``params`` that name something in the store (a scene), like a path argument.
+    lookups: frozenset[str] = frozenset()
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The argument segments of ``pattern``, such as ``("{id}",)``."""
+        return tuple(seg for seg in self.pattern if seg.startswith("{"))
+
+    def match(self, parts: Sequence[str]) -> list[str] | None:
+        """The arguments of a request's path segments, or None if this route is not that path."""
+        if len(parts) != len(self.pattern):
+            return None
+        args = []
+        for seg, part in zip(self.pattern, parts, strict=True):
+            if seg.startswith("{"):
+                args.append(part)
+            elif seg != part:
+                return None
+        return args
+
+
+#: Every route of the server (the module docstring's table); ``_Handler`` answers each by its name.
+ROUTES: tuple[Route, ...] = (
+    Route("page", ("",)),
+    Route("summary", ("api", "summary")),
+    Route("sites", ("api", "sites"), params=frozenset(_LIST_PARAMS)),
+    Route("site", ("api", "sites", "{id}")),
+    Route("review", ("api", "sites", "{id}", "review"), methods=("POST",)),
+    Route("chip", ("api", "sites", "{id}", "chip.png"), params=frozenset({"scene", "v"}),
+          lookups=frozenset({"scene"})),
+    Route("scenes", ("api", "scenes")),
+    Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
+)
+
+
+# --- the application: plain functions of the store, no HTTP ---------------------------------
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """Where a scene's pixels are and how they sit on the earth, from the run's record (``run.json``)."""
+
+    name: str
+    width: int
+    height: int
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    bands: tuple[BandSource, ...]
+
+    def scene(self, run_dir: Path) -> Scene:
+        """The scene to read (band files found as recorded, see :func:`_find_file`).
+
+        Raises:
+            InputError: a band file is no longer where the run found it.
+        """
+        bands = []
+        for b in self.bands:
+            path = _find_file(Path(b.path), run_dir)
+            if path is None:
+                raise InputError(f"scene {self.name}", f"its image file {Path(b.path).name} is gone (moved or "
+                                                       "deleted?); put it back where sitewatch detect read it")
+            bands.append(BandSource(str(path), b.index, b.name))
+        return Scene(self.name, self.name, tuple(bands), self.width, self.height, self.crs, self.transform,
+                     "float32", None)
+
+    def corners_lonlat(self) -> list[list[float]]:
+        """Lon/lat of the corners: top-left, top-right, bottom-right, bottom-left (pixel grid order)."""
+        cols = np.array([0.0, self.width, self.width, 0.0])
+        rows = np.array([0.0, 0.0, self.height, self.height])
+        x, y = pixel_to_map(Affine(*self.transform), cols, rows)
+        lon, lat = to_lonlat(self.crs, x, y)
+        return [[round(float(a), 7), round(float(b), 7)] for a, b in zip(lon, lat, strict=True)]
+
+
+def _find_file(recorded: Path, run_dir: Path) -> Path | None:
+    """A scene file the store names: as recorded, else (a relative path, recorded as given to
+    ``detect`` in another working directory) under the run directory or one of its parents."""
+    if recorded.is_file():
+        return recorded
+    if recorded.is_absolute():
+        return None
+    for base in [run_dir.resolve(), *run_dir.resolve().parents][:6]:
+        if (base / recorded).is_file():
+            return base / recorded
+    return None
+
+
+def scene_records(store: CandidateStore, con: Any = None) -> dict[str, SceneRecord]:
+    """Scene name -> its record, from the ``inputs`` of every run in the store (later runs win)."""
+    out: dict[str, SceneRecord] = {}
+    for run in store.runs(con=con):
+        for item in run.record.get("inputs", []):
+            try:
+                # the absolute path when the run recorded it (scenes named relative to another directory)
+                bands = tuple(BandSource(str(b["resolved"]) if Path(str(b.get("resolved", ""))).is_file() else str(b["file"]),
+                                         int(b["index"]), str(b["name"])) for b in item["bands"])
+                transform = tuple(float(v) for v in item["transform"])[:6]
+                out[str(item["name"])] = SceneRecord(str(item["name"]), int(item["width"]), int(item["height"]),
+                                                     str(item["crs"]), transform, bands)  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError):
+                continue  # a record without pixel details: no chips for that scene
+    return out
+
+
+def thresholds(store: CandidateStore, con: Any = None) -> dict[str, float]:
+    """Class -> score threshold of the model of the latest run that detects the class."""
+    out: dict[str, float] = {}
+    for run in store.runs(con=con):
+        spec = run.record.get("model", {}).get("spec", {})
+        t = spec.get("score_threshold")
+        if isinstance(t, int | float) and math.isfinite(t):
+            for cls in spec.get("classes", []):
+                out[str(cls)] = float(t)
+    return out
+
+
+def uncertainty(score: float, threshold: float) -> float:
+    """How close ``score`` is to ``threshold``: 1 at the threshold, 0 at 0 or 1 (whichever is farther).
+
+    ``1 - |score - threshold| / max(threshold, 1 - threshold)``, clipped to 0..1.
+    """
+    span = max(threshold, 1.0 - threshold, 1e-9)
+    return round(min(1.0, max(0.0, 1.0 - abs(score - threshold) / span)), 4)
+
+
+def _num(v: float | None, digits: int = 6) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), digits)
+
+
+class ReviewApp:
+    """The review server's logic over one run directory's store; every method returns plain data.
+
+    Errors are :class:`HTTPError` (with a 4xx status) or :class:`~sitewatch.imagery.errors.SitewatchError`.
+    """
+
+    def __init__(self, run_dir: str | Path, *, sample: bool = False) -> None:
+        """Open the store of ``run_dir``.
+
+        Raises:
+            InputError: no run directory, or no candidate store in it, or (``sample``) no sample drawn.
+        """
+        self.run_dir = Path(run_dir)
+        self.store = CandidateStore.in_run_dir(self.run_dir)
+        self.root = self.run_dir.resolve()
+        self.sample_mode = sample
+        if sample and not self.store.sample():
+            raise InputError(self.run_dir, "has no review sample; draw one with sitewatch estimate "
+                                           f"{self.run_dir} --sample N, or review without --sample")
+        self._chips: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- JSON shapes ----------------------------------------------------------------------
+
+    def site_json(self, site: Site, limits: Mapping[str, float], sample_ids: set[str]) -> dict[str, Any]:
+        """A site as the API gives it: ``id``, ``status``, class, scores, dates, uncertainty..."""
+        threshold = limits.get(site.cls, DEFAULT_THRESHOLD)
+        bbox = None if site.footprint is None else [_num(v, 7) for v in site.footprint.bounds]
+        return {
+            "id": site.site_id, "status": site.status, "class": site.cls,
+            "max_score": _num(site.max_score, 4), "mean_score": _num(site.mean_score, 4),
+            "uncertainty": uncertainty(site.max_score, threshold), "threshold": threshold,
+            "n_detections": site.n_detections, "scenes": list(site.scenes), "date": site.date,
+            "first_seen": site.first_seen, "last_seen": site.last_seen,
+            "lon": _num(site.lon, 7), "lat": _num(site.lat, 7), "bbox": bbox,
+            "reviewer": site.reviewer, "reviewed_at": site.reviewed_at, "note": site.note,
+            "in_sample": site.site_id in sample_ids,
+        }
+
+    @staticmethod
+    def detection_json(d: StoredDetection) -> dict[str, Any]:
+        """A detection as the API gives it."""
+        return {
+            "id": d.det_id, "scene": d.scene, "acquired": d.acquired, "class": d.cls, "score": _num(d.score, 4),
+            "lon": _num(d.lon, 7), "lat": _num(d.lat, 7),
+            "box_px": None if d.box_px is None else [_num(v, 2) for v in d.box_px],
+            "run_id": d.run_id, "model": d.model, "model_version": d.model_version, "detected_at": d.detected_at,
+        }
+
+    # --- routes ---------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Sites by class and status, reviews done, thresholds and the sample's progress."""
+        with self.store.read() as con:
+            counts = self.store.counts(con=con)
+            sample_sites = self.store.sites(in_sample=True, con=con)
+            n_reviews = con.execute("SELECT count(*) FROM reviews").fetchone()[0]
+        by_status = {s: sum(c.get(s, 0) for c in counts.values()) for s in STATUSES}
+        n_sites = sum(by_status.values())
+        sample_by_class: dict[str, dict[str, int]] = {}
+        for s in sample_sites:
+            row = sample_by_class.setdefault(s.cls, {"sites": 0, "reviewed": 0})
+            row["sites"] += 1
+            row["reviewed"] += s.status != "unreviewed"
+        return {
+            "run": self.run_dir.name,
+            "sites": n_sites,
+            "reviewed": n_sites - by_status["unreviewed"],
+            "by_status": by_status,
+            "by_class": counts,
+            "classes": sorted(counts),
+            "statuses": list(STATUSES),
+            "thresholds": thresholds(self.store),
+            "reviews": n_reviews,
+            "sample": {
+                "sites": len(sample_sites),
+                "reviewed": sum(s.status != "unreviewed" for s in sample_sites),
+                "by_class": sample_by_class,
+            },
+            "sample_mode": self.sample_mode,
+        }
+
+    def list_sites(self, query: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """``GET /api/sites``: sites matching the filters, sorted, one page of them.
+
+        Parameters: ``class`` and ``status`` (repeatable), ``min_score``/``max_score`` (on the
+        site's max score), ``sample=1`` (only the current review sample), ``sort`` (one of
+        :data:`SORTS`), ``order`` (``asc``/``desc``), ``limit`` and ``offset``.
+        """
+        unknown = sorted(set(query) - _LIST_PARAMS)
+        if unknown:
+            raise HTTPError(400, f"unknown parameter {unknown[0]!r}; use {', '.join(sorted(_LIST_PARAMS))}")
+        statuses = list(query.get("status", []))
+        for s in statuses:
+            if s not in STATUSES:
+                raise HTTPError(400, f"status {s!r}: use one of {', '.join(STATUSES)}")
+        classes = list(query.get("class", []))
+        min_score = _float_param(query, "min_score")
+        max_score = _float_param(query, "max_score")
+        sample = _one(query, "sample", "0")
+        if sample not in ("0", "1", "true", "false"):
+            raise HTTPError(400, f"sample {sample!r}: use 1 or 0")
+        sort = _one(query, "sort", "score")
+        if sort not in SORTS:
+            raise HTTPError(400, f"sort {sort!r}: use one of {', '.join(SORTS)}")
+        order = _one(query, "order", SORTS[sort])
+        if order not in ("asc", "desc"):
+            raise HTTPError(400, f"order {order!r}: use asc or desc")
+        limit = _int_param(query, "limit", None, 0, _MAX_LIMIT)
+        offset = _int_param(query, "offset", 0, 0, 10**9) or 0
+
+        with self.store.read() as con:
+            sites = self.store.sites(status=statuses or None, cls=classes or None, min_score=min_score,
+                                     in_sample=sample in ("1", "true"), con=con)
+            sample_ids = {m.site_id for m in self.store.sample(con=con)}
+            limits = thresholds(self.store, con)
+        if max_score is not None:
+            sites = [s for s in sites if s.max_score <= max_score]
+        rows = [self.site_json(s, limits, sample_ids) for s in sites]
+        rows.sort(key=lambda r: r["id"])
+        key: Callable[[dict[str, Any]], Any] = {
+            "score": lambda r: r["max_score"] or 0.0,
+            "uncertainty": lambda r: r["uncertainty"],
+            "class": lambda r: r["class"],
+            "status": lambda r: STATUSES.index(r["status"]) if r["status"] in STATUSES else len(STATUSES),
+            "id": lambda r: r["id"],
+            "date": lambda r: r["first_seen"] or r["date"] or "",
+        }[sort]
+        rows.sort(key=key, reverse=order == "desc")  # stable: ties stay in id order
+        page = rows[offset:] if limit is None else rows[offset:offset + limit]
+        return {
+            "total": len(rows),
+            "reviewed": sum(r["status"] != "unreviewed" for r in rows),
+            "offset": offset,
+            "limit": limit,
+            "sort": sort,
+            "order": order,
+            "sites": page,
+        }
+
+    def site_detail(self, site_id: str) -> dict[str, Any]:
+        """``GET /api/sites/{id}``: the site, its footprint, detections, review log and chip scenes."""
+        with self.store.read() as con:
+            site = self.require_site(site_id, con)
+            dets = self.store.detections(site_id=site_id, con=con)
+            reviews = self.store.reviews(site_id, con=con)
+            sample_ids = {m.site_id for m in self.store.sample(con=con)}
+            scenes = self.store.scenes(con=con)
+        out = self.site_json(site, thresholds(self.store), sample_ids)
+        out["footprint"] = (None if site.footprint is None
+                            else [[_num(x, 7), _num(y, 7)] for x, y in site.footprint.exterior.coords])
+        out["detections"] = [self.detection_json(d) for d in dets]
+        out["reviews"] = [_review_json(r) for r in reviews]
+        seen = {d.scene for d in dets}
+        default = _chip_scene(dets)
+        out["chip_scenes"] = [
+            {"name": s.name, "acquired": s.acquired, "detected": s.name in seen, "default": s.name == default}
+            for s in sorted(scenes, key=lambda s: (s.acquired or "", s.name))
+            if s.name in seen or _covers(s.bounds_lonlat, site.lon, site.lat)
+        ]
+        return out
+
+    def post_review(self, site_id: str, body: object) -> dict[str, Any]:
+        """``POST /api/sites/{id}/review``: validate the body and record the decision.
+
+        Raises:
+            HTTPError: 404 unknown site, 400 a bad body.
+        """
+        self.require_site(site_id)
+        if not isinstance(body, dict):
+            raise HTTPError(400, 'body: send a JSON object {"status": ..., "note": ..., "reviewer": ...}')
+        unknown = sorted(set(body) - {"status", "note", "reviewer"})
+        if unknown:
+            raise HTTPError(400, f"body: unknown field {unknown[0]!r}; send status, note and reviewer")
+        status = body.get("status")
+        if not isinstance(status, str) or status not in STATUSES:
+            raise HTTPError(400, f"status {status!r}: use one of {', '.join(STATUSES)}")
+        note = body.get("note", "")
+        if note is None:
+            note = ""
+        if not isinstance(note, str):
+            raise HTTPError(400, "note: must be a string")
+        if len(note) > MAX_NOTE:
+            raise HTTPError(400, f"note: {len(note)} characters; at most {MAX_NOTE}")
+        reviewer = body.get("reviewer")
+        if not isinstance(reviewer, str) or not reviewer.strip():
+            raise HTTPError(400, "reviewer: give the reviewer's name (a non-empty string)")
+        if len(reviewer) > MAX_REVIEWER:
+            raise HTTPError(400, f"reviewer: {len(reviewer)} characters; at most {MAX_REVIEWER}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in reviewer):
+            raise HTTPError(400, "reviewer: must not hold control characters (newlines, tabs...)")
+        if "\x00" in note:
+            raise HTTPError(400, "note: must not hold NUL characters")
+        for field, text in (("note", note), ("reviewer", reviewer)):
+            if not _is_unicode(text):
+                raise HTTPError(400, f"{field}: must be Unicode text (a lone surrogate such as \\ud800 is not)")
+        review = self.store.review(site_id, status, reviewer.strip(), note)
+        with self.store.read() as con:
+            site = self.require_site(site_id, con)
+            sample_ids = {m.site_id for m in self.store.sample(con=con)}
+        return {"site": self.site_json(site, thresholds(self.store), sample_ids), "review": _review_json(review)}
+
+    def scenes(self) -> dict[str, Any]:
+        """``GET /api/scenes``: each scene's date, size, lon/lat bounds and corners, quick-look URL."""
+        records = scene_records(self.store)
+        out = []
+        for s in self.store.scenes():
+            rec = records.get(s.name)
+            corners = None
+            if rec is not None:
+                with contextlib.suppress(Exception):  # a CRS pyproj cannot use: place by bounds instead
+                    corners = rec.corners_lonlat()
+            w, south, e, n = s.bounds_lonlat
+            out.append({
+                "name": s.name, "acquired": s.acquired, "width": s.width, "height": s.height,
+                "bounds": [_num(v, 7) for v in s.bounds_lonlat],
+                "corners": corners or [[w, n], [e, n], [e, south], [w, south]],
+                "quicklook": None if self._quicklook_path(s.quicklook) is None
+                else f"/api/scenes/{_quote(s.name)}/quicklook.png",
+                "detections": s.detections,
+            })
+        return {"scenes": out}
+
+    def quicklook(self, name: str) -> bytes:
+        """``GET /api/scenes/{name}/quicklook.png``: the quick-look the store records for scene ``name``.
+
+        Raises:
+            HTTPError: 404 no such scene, or it has no quick-look inside the run directory.
+        """
+        if not name or len(name) > MAX_NAME:
+            raise HTTPError(404, "no such scene in this run")
+        for s in self.store.scenes():
+            if s.name == name:
+                path = self._quicklook_path(s.quicklook)
+                if path is None:
+                    raise HTTPError(404, f"scene {name!r} has no quick-look")
+                return path.read_bytes()
+        raise HTTPError(404, f"scene {name!r}: no such scene in this run")
+
+    def chip(self, site_id: str, scene_name: str | None = None) -> bytes:
+        """``GET /api/sites/{id}/chip.png``: a PNG cut from a scene at full resolution around the site.
+
+        The window is the footprint's bounding box grown to :data:`CHIP_CONTEXT` times its
+        longer side (:data:`CHIP_MIN_PX` to :data:`CHIP_MAX_PX` scene pixels, square, centred),
+        in natural colour (B04, B03, B02, else the first three bands) stretched on the chip,
+        enlarged by a whole factor, with the footprint outlined just outside it and a scale bar.
+        The scene is ``scene_name``, else the scene of the site's best detection.
+
+        Raises:
+            HTTPError: 404 unknown site or scene, or a scene that does not cover the site.
+            InputError: the scene's files are gone.
+        """
+        with self.store.read() as con:
+            site = self.require_site(site_id, con)
+            dets = self.store.detections(site_id=site_id, con=con)
+            stored = {s.name: s for s in self.store.scenes(con=con)}
+        name = scene_name if scene_name is not None else _chip_scene(dets)
+        if name is not None and len(name) > MAX_NAME:
+            raise HTTPError(404, "no such scene in this run")
+        if name is None or name not in stored:
+            raise HTTPError(404, f"scene {name!r}: no such scene in this run")
+        if name not in {d.scene for d in dets} and not _covers(stored[name].bounds_lonlat, site.lon, site.lat):
+            raise HTTPError(404, f"scene {name!r} does not cover site {site_id!r}")
+        key = (site_id, name, site.n_detections, site.footprint.wkb if site.footprint is not None else None)
+        with self._lock:
+            if key in self._chips:
+                self._chips.move_to_end(key)
+                return self._chips[key]
+        record = scene_records(self.store).get(name)
+        if record is None:
+            raise HTTPError(404, f"scene {name!r}: the run's record does not say where its pixels are")
+        png = render_chip(record, record.scene(self.run_dir), site, [d for d in dets if d.scene == name])
+        with self._lock:
+            self._chips[key] = png
+            while len(self._chips) > CHIP_CACHE:
+                self._chips.popitem(last=False)
+        return png
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def require_site(self, site_id: str, con: Any = None) -> Site:
+        """The site ``site_id``; :class:`HTTPError` 404 if there is none."""
+        if not site_id or len(site_id) > MAX_NAME:
+            raise HTTPError(404, "no such site in this run")
+        try:
+            return self.store.site(site_id, con=con)
+        except NotFoundError:
+            raise HTTPError(404, f"site {site_id!r}: no such site in this run") from None
+
+    def _quicklook_path(self, rel: str | None) -> Path | None:
+        """The quick-look file the store names, if it is a PNG inside the run directory."""
+        if not rel:
+            return None
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(self.root) or path.suffix.lower() != ".png" or not path.is_file():
+            return None
+        return path
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be stored (UTF-8): JSON's ``\\ud800`` escapes decode to lone surrogates, which cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _whole_number(text: str, digits: int) -> int | None:
+    """``text`` as a whole number of at most ``digits`` ASCII digits, else None (``str.isdigit``
+    also accepts ``²`` and other digits that ``int`` refuses)."""
+    text = text.strip()
+    if not text or len(text) > digits or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _review_json(r: Any) -> dict[str, Any]:
+    return {"review_id": r.review_id, "site_id": r.site_id, "status": r.status, "reviewer": r.reviewer,
+            "note": r.note, "time": r.time}
+
+
+def _chip_scene(dets: Sequence[StoredDetection]) -> str | None:
+    """The scene of the best detection (the latest scene among equal scores)."""
+    if not dets:
+        return None
+    return max(dets, key=lambda d: (d.score, d.acquired or "")).scene
+
+
+def _covers(bounds: tuple[float, float, float, float], lon: float, lat: float) -> bool:
+    w, s, e, n = bounds
+    return w <= lon <= e and s <= lat <= n
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _one(query: Mapping[str, Sequence[str]], name: str, default: str) -> str:
+    values = query.get(name, [])
+    if len(values) > 1:
+        raise HTTPError(400, f"{name}: give it once")
+    return values[0] if values else default
+
+
+def _float_param(query: Mapping[str, Sequence[str]], name: str) -> float | None:
+    text = _one(query, name, "")
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a number such as 0.5") from None
+    if not math.isfinite(value):
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a finite number")
+    return value
+
+
+def _int_param(query: Mapping[str, Sequence[str]], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    text = _one(query, name, "")
+    if text == "":
+        return default
+    value = _whole_number(text, len(str(hi)))
+    if value is None or not lo <= value <= hi:
+        raise HTTPError(400, f"{name} {text[:40]!r}: give a whole number from {lo} to {hi}")
+    return value
+
+
+# --- chips ------------------------------------------------------------------------------------
+
+
+def chip_window(bounds_px: tuple[float, float, float, float]) -> tuple[int, int, int]:
+    """``(col0, row0, side)`` of the square chip around a footprint's pixel bounds."""
+    x0, y0, x1, y1 = bounds_px
+    side = int(math.ceil(CHIP_CONTEXT * max(x1 - x0, y1 - y0, 1.0)))
+    side = min(max(side, CHIP_MIN_PX), CHIP_MAX_PX)
+    col0 = int(math.floor((x0 + x1) / 2 - side / 2))
+    row0 = int(math.floor((y0 + y1) / 2 - side / 2))
+    return col0, row0, side
+
+
+def chip_rgb(data: np.ndarray, band_names: Sequence[str], valid: np.ndarray) -> np.ndarray:
+    """Natural colour of a chip: B04, B03, B02 if all are there, else the first three bands (or the first as grey).
+
+    One stretch for all three channels (so colours stay natural and flat water does not turn
+    into coloured noise): from the :data:`CHIP_STRETCH` low to high percentile of the chip's
+    valid pixels. Pixels without data are black.
+    """
+    rgb = data[rgb_bands(band_names)].astype(np.float32)
+    out = np.zeros((*rgb.shape[1:], 3), dtype=np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(rgb[:, valid], CHIP_STRETCH)
+    scaled = (np.moveaxis(rgb, 0, -1) - lo) / max(float(hi - lo), 1e-6)
+    out[:] = np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+    out[~valid] = 0
+    return out
+
+
+def render_chip(record: SceneRecord, scene: Scene, site: Site, dets: Sequence[StoredDetection]) -> bytes:
+    """Cut, stretch and annotate a site's chip from ``scene`` (see :meth:`ReviewApp.chip`)."""
+    affine = Affine(*record.transform)
+    outline: Polygon | None = None
+    if site.footprint is not None:
+        lon, lat = np.asarray(site.footprint.exterior.coords).T
+        x, y = from_lonlat(record.crs, lon, lat)
+        cols, rows = map_to_pixel(affine, x, y)
+        if np.isfinite(cols).all() and np.isfinite(rows).all():
+            outline = Polygon(np.column_stack([cols, rows]))
+    if outline is None or outline.is_empty or not outline.is_valid:
+        boxes = [d.box_px for d in dets if d.box_px is not None]
+        if not boxes:
+            x, y = from_lonlat(record.crs, np.array([site.lon]), np.array([site.lat]))
+            c, r = map_to_pixel(affine, x, y)
+            boxes = [(float(c[0]) - 2, float(r[0]) - 2, float(c[0]) + 2, float(r[0]) + 2)]
+        arr = np.asarray(boxes, dtype=float)
+        outline = box(arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
+    col0, row0, side = chip_window(outline.bounds)
+
+    data = np.zeros((len(scene.bands), side, side), dtype=np.float32)
+    valid = np.zeros((side, side), dtype=bool)
+    c0, r0 = max(col0, 0), max(row0, 0)
+    c1, r1 = min(col0 + side, scene.width), min(row0 + side, scene.height)
+    if c1 > c0 and r1 > r0:
+        with SceneReader(scene) as reader:
+            part, ok = reader.read(c0, r0, c1 - c0, r1 - r0)
+        data[:, r0 - row0:r1 - row0, c0 - col0:c1 - col0] = part
+        valid[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = ok
+    rgb = chip_rgb(data, [b.name for b in scene.bands], valid)
+
+    k = max(1, CHIP_OUT_PX // side)
+    image = Image.fromarray(rgb, mode="RGB").resize((side * k, side * k), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(image)
+    ring = outline.buffer(1.0, join_style="mitre").exterior.coords  # just outside the object's pixels
+    points = [((px - col0) * k, (py - row0) * k) for px, py in ring]
+    draw.line(points, fill=(0, 0, 0), width=4, joint="curve")
+    draw.line(points, fill=CHIP_OUTLINE, width=2, joint="curve")
+    _scale_bar(draw, record, col0, row0, side, k)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _scale_bar(draw: ImageDraw.ImageDraw, record: SceneRecord, col0: int, row0: int, side: int, k: int) -> None:
+    """A bar of a round number of metres, about a quarter of the chip wide, bottom left."""
+    try:
+        x, y = pixel_to_map(Affine(*record.transform), np.array([col0, col0 + side]), np.array([row0, row0]))
+        lon, lat = to_lonlat(record.crs, x, y)
+        metres = float(ground_distance_m(lon[:1], lat[:1], lon[1:], lat[1:])[0])
+    except Exception:  # noqa: BLE001 - a CRS pyproj cannot use: no scale bar
+        return
+    if not math.isfinite(metres) or metres <= 0:
+        return
+    per_px = metres / (side * k)
+    nice = [v * 10**e for e in range(0, 6) for v in (1, 2, 5)]
+    length = max([v for v in nice if v / per_px <= side * k / 4] or [nice[0]])
+    bar = length / per_px
+    x0, y0 = 10, side * k - 14
+    draw.rectangle([x0 - 1, y0 - 1, x0 + bar + 1, y0 + 5], fill=(0, 0, 0))
+    draw.rectangle([x0, y0, x0 + bar, y0 + 4], fill=(255, 255, 255))
+    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    font = ImageFont.load_default()
+    draw.text((x0 + 1, y0 - 13), label, fill=(0, 0, 0), font=font)
+    draw.text((x0, y0 - 14), label, fill=(255, 255, 255), font=font)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or a Host header's name) is this machine only."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class ReviewServer(ThreadingHTTPServer):
+    """The review server: one thread per connection, the :class:`ReviewApp` in ``app``."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], app: ReviewApp, *, log: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.log = log
+        self.loopback_only = is_loopback(address[0])
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        """The page's URL (``http://127.0.0.1:8765/``)."""
+        host, port = self.server_address[:2]
+        host = str(host)
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+            host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+    def shutdown_request(self, request: Any) -> None:
+        """End a connection so that the client reads its answer: send FIN, drain briefly, close."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            drained = 0
+            while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # already reset or closed by the client, or the time is up
+            pass
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Never print a traceback: one line, if a log is set."""
+        exc = sys.exc_info()[1]
+        if self.log is not None and not isinstance(exc, ConnectionError | TimeoutError):
+            self.log(f"error serving {client_address[0]}: {type(exc).__name__}")
+
+
+class _ReviewServer6(ReviewServer):
+    address_family = socket.AF_INET6
+
+
+def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
+                log: Callable[[str], None] | None = None) -> ReviewServer:
+    """A review server for ``run_dir``, bound and ready for ``serve_forever()`` (``port=0``: any free port).
+
+    Args:
+        run_dir: a run directory holding ``candidates.gpkg``.
+        host: address to bind; loopback unless the reviewers are on other machines.
+        port: TCP port; 0 picks a free one (see ``server.url``).
+        sample: the page opens on the review sample of ``sitewatch estimate``.
+        log: called with one line per server-side failure (never a traceback).
+
+    Raises:
+        InputError: no store in ``run_dir`` (or ``sample`` and no sample drawn).
+        UsageError: the address cannot be bound (port in use, unknown host).
+    """
+    app = ReviewApp(run_dir, sample=sample)
+    cls = _ReviewServer6 if ":" in host.strip("[]") else ReviewServer
+    try:
+        return cls((host.strip("[]"), port), app, log=log)
+    except OSError as exc:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
+                         "pick another --port, or check --host") from None
+
+
+def serve(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
+          on_ready: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Serve the review page of ``run_dir`` until interrupted (``KeyboardInterrupt`` propagates).
+
+    ``on_ready`` is called with the page's URL once the server listens.
+    """
+    server = make_server(run_dir, host, port, sample=sample, log=log)
+    with server:
+        if on_ready is not None:
+            on_ready(server.url)
+        server.serve_forever()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes requests to the :class:`ReviewApp`; every answer is JSON, PNG or the page."""
+
+    server: ReviewServer
+    protocol_version = "HTTP/1.1"
+    server_version = "sitewatch-review"
+    sys_version = ""
+    timeout = SOCKET_TIMEOUT_S
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch("OPTIONS")
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """No access log."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (malformed request line, header too long...) as JSON too."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line and headers
+            self.request_version = "HTTP/1.0"
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self._send_json(code, {"error": message or phrase})
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        app = self.server.app
+        try:
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"
+                raise HTTPError(400, "send an HTTP/1.0 or HTTP/1.1 request")
+            if method != "POST" and (self.headers.get("Content-Length", "").strip() not in ("", "0")
+                                     or "Transfer-Encoding" in self.headers):
+                self.close_connection = True  # a body no route reads: never parse it as the next request
+            self._check_host()
+            parts, query = self._parse_target()
+            if method == "POST":
+                self._check_origin()
+            route, args = _route(parts)
+            if method not in route.methods:
+                allowed = ", ".join(route.methods)
+                raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
+            _no_params(query, route.params)
+            if route.name == "page":
+                self._send_page()
+            elif route.name == "summary":
+                self._send_json(200, app.summary())
+            elif route.name == "sites":
+                self._send_json(200, app.list_sites(query))
+            elif route.name == "site":
+                self._send_json(200, app.site_detail(args[0]))
+            elif route.name == "review":
+                app.require_site(args[0])  # 404 before reading a body for a site that does not exist
+                self._send_json(200, app.post_review(args[0], self._read_json()))
+            elif route.name == "chip":
+                scene = _one(query, "scene", "") or None
+                self._send(200, "image/png", app.chip(args[0], scene), {"Cache-Control": "private, max-age=3600"})
+            elif route.name == "scenes":
+                self._send_json(200, app.scenes())
+            elif route.name == "quicklook":
+                self._send(200, "image/png", app.quicklook(args[0]), {"Cache-Control": "private, max-age=3600"})
+            else:  # a route added to ROUTES without a handler here: a bug (500)
+                raise NotImplementedError(f"route {route.name!r} has no handler")
+        except HTTPError as exc:
+            if method == "POST":
+                self.close_connection = True  # the body may be unread
+            self._send_json(exc.status, {"error": exc.message}, exc.headers)
+        except NotFoundError as exc:
+            self._send_json(404, {"error": str(exc)})
+        except InputError as exc:
+            self._send_json(404, {"error": str(exc)})
+        except OutputError as exc:
+            self._send_json(503, {"error": str(exc)}, {"Retry-After": "1"})
+        except (UsageError, SitewatchError) as exc:
+            self._send_json(400, {"error": str(exc)})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a bug: answer 500 without detail, log one line
+            if self.server.log is not None:
+                detail = " ".join(str(exc).split())[:300]  # one line, whatever the exception says
+                self.server.log(f"internal error on {method} {self.path[:200]!r}: {type(exc).__name__}: {detail}")
+            self.close_connection = True
+            self._send_json(500, {"error": "internal error; the server's terminal names it"})
+
+    def _parse_target(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Path segments (each percent-decoded on its own, so ``%2F`` stays inside its segment) and the query."""
+        target = self.path
+        if not target.startswith("/"):
+            raise HTTPError(400, "request target must be a path starting with /")
+        split = urlsplit(target)
+        try:
+            parts = [unquote(p, errors="strict") for p in split.path.split("/")[1:]]
+            query = parse_qs(split.query, keep_blank_values=True, max_num_fields=100, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPError(400, "request target is not valid UTF-8 or has too many parameters") from None
+        if any(p in (".", "..") or "\x00" in p for p in parts):
+            raise HTTPError(404, "no such page")
+        return parts, query
+
+    def _check_host(self) -> None:
+        """On a loopback-bound server, answer only to loopback host names (no DNS rebinding).
+
+        The port is not checked: a page reached through a tunnel (``ssh -L 9000:127.0.0.1:8765``)
+        names the tunnel's port, and a rebinding attack needs a host name, not a port.
+        """
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            raise HTTPError(400, "send one Host header")
+        if not self.server.loopback_only:
+            return
+        host = hosts[0] if hosts else ""
+        if not host:  # an HTTP/1.0 tool without a Host header: no web page can send that
+            return
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if host.startswith("[") and "]" in host:
+            name = host[1:host.index("]")]
+        if not is_loopback(name):
+            raise HTTPError(403, f"Host {host[:100]!r} is not this machine; open the page at {self.server.url}")
+
+    def _check_origin(self) -> None:
+        """Refuse a state change from another origin (cross-site request forgery)."""
+        for site in self.headers.get_all("Sec-Fetch-Site") or []:
+            if site not in ("same-origin", "none"):
+                raise HTTPError(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:40]!r})")
+        for origin in self.headers.get_all("Origin") or []:
+            if origin != f"http://{self.headers.get('Host', '')}":
+                raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
+
+    def _read_json(self) -> object:
+        ctype = self.headers.get("Content-Type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise HTTPError(415, "send the body as Content-Type: application/json")
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(411, "send a Content-Length, not a chunked body")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise HTTPError(411, "send a Content-Length")
+        if len(lengths) > 1:
+            raise HTTPError(400, "send one Content-Length")
+        text = lengths[0].strip().lstrip("0") or "0"
+        if not (text.isascii() and text.isdigit()):
+            raise HTTPError(400, "Content-Length must be a whole number")
+        length = _whole_number(text, len(str(MAX_BODY)))
+        if length is None or length > MAX_BODY:
+            raise HTTPError(413, f"body of {text[:20]} bytes; at most {MAX_BODY}")
+        raw = self.rfile.read(length)
+        if len(raw) != length:
+            raise HTTPError(400, "body shorter than its Content-Length")
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise HTTPError(400, "body is not valid JSON (UTF-8)") from None
+
+    # --- answers --------------------------------------------------------------------------
+
+    def _send_page(self) -> None:
+        nonce = secrets.token_urlsafe(16)
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        config = {"sample": self.server.app.sample_mode, "run": self.server.app.run_dir.name,
+                  "statuses": list(STATUSES), "max_note": MAX_NOTE, "max_reviewer": MAX_REVIEWER}
+        page = render_page(nonce, config).encode("utf-8")
+        self._send(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+
+    def _send_json(self, status: int, doc: object, headers: Mapping[str, str] | None = None) -> None:
+        body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        self._send(status, "application/json; charset=utf-8", body, {"Cache-Control": "no-store", **(headers or {})})
+
+    def _send(self, status: int, ctype: str, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+            self.send_header("X-Frame-Options", "DENY")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+
+def _route(parts: list[str]) -> tuple[Route, list[str]]:
+    """The route of a request's path segments (see :data:`ROUTES`) and its arguments.
+
+    Raises:
+        HTTPError: 404 for any other path.
+    """
+    for route in ROUTES:
+        args = route.match(parts)
+        if args is not None:
+            return route, args
+    raise HTTPError(404, "no such page; the API is under /api (see the README)")
+
+
+def _no_params(query: Mapping[str, Sequence[str]], allowed: frozenset[str] | set[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        hint = f"use {', '.join(sorted(allowed))}" if allowed else "this route takes none"
+        raise HTTPError(400, f"unknown parameter {unknown[0]!r}; {hint}")
