@@ -404,6 +404,7 @@ def time_layout(
     Each thread runs one untimed warm-up batch first; the clock starts when all are warm.
     """
     import torch
+
     from sitewatch.imagery.models.inference import predict
 
     bs = s.batch_size
@@ -622,10 +623,11 @@ def end_to_end(s: Setup, args: argparse.Namespace, workdir: Path) -> tuple[list[
 def torchgeo_loop(s: Setup, args: argparse.Namespace) -> tuple[list[Figure], Figure]:
     """(c): RasterDataset + GridGeoSampler + DataLoader feeding ``predict``; the fastest num_workers counts."""
     import torch
-    from sitewatch.imagery.models.inference import predict
     from torch.utils.data import DataLoader
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler, Units
+
+    from sitewatch.imagery.models.inference import predict
 
     class BenchScene(RasterDataset):
         filename_glob = s.scene.name

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+
 from sitewatch.imagery.synthetic.sentinel2 import make_scene
 
 UTM = "EPSG:32633"

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from affine import Affine  # noqa: E402
+
 from sitewatch.imagery.errors import SitewatchError  # noqa: E402
 from sitewatch.imagery.synthetic.highres import kilns_to_geojson, make_rgb_kiln_scene, scene_transform  # noqa: E402
 

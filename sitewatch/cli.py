@@ -129,6 +129,8 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
     A scene that fails is listed in run.json and the others go on (exit 6); with
     --fail-fast the run stops at the first failure instead.
     """
+    _model_command()
+    _say(f"detect: loading model {model} and opening {len(inputs)} input(s)")
     from sitewatch.imagery.candidates.sites import parse_site_distances
     from sitewatch.imagery.detect.pipeline import DetectSettings
     from sitewatch.imagery.detect.pipeline import detect as run_detect
@@ -175,6 +177,8 @@ def demo(out: Path, seed: int, workers: int | None, overwrite: bool) -> None:
     Writes the scene (demo-scene.tif), its planted objects (demo-truth.geojson), the usual
     run outputs, and demo-eval.json: how the detections match the planted objects.
     """
+    _model_command()
+    _say("demo: making the synthetic scene and loading the demo model")
     from sitewatch.imagery.synthetic.demo import run_demo
 
     progress = _Progress(sys.stderr.isatty())
@@ -268,6 +272,8 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
         --labels kilns.geojson --out models/my-kilns
     sitewatch detect NEW.tif --model models/my-kilns --out run1
     """
+    _model_command()
+    _say(f"train: reading {config} and loading PyTorch")
     from sitewatch.training.config import load_config, parse_override
     from sitewatch.training.run import run_training
 
@@ -384,6 +390,8 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
     metrics.json, pr_curve.png, false_positives.geojson and false_negatives.geojson
     (under the --primary criterion) and the detection run in OUT/detections.
     """
+    _model_command()
+    _say(f"evaluate: loading model {model}")
     from sitewatch.imagery.detect.pipeline import DetectSettings
     from sitewatch.training.evaluate import CRITERIA, DETECTIONS_DIR, EVAL_FILES, EvalSettings, Metrics, run_evaluation
 
@@ -633,23 +641,26 @@ def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str 
         server.server_close()
 
 
-#: Commands that run PyTorch models, and so gain from :data:`sitewatch.imagery.detect.execution.ALLOCATOR_ENV`.
-_MODEL_COMMANDS = {"detect", "demo", "train", "evaluate"}
+#: Set by :func:`main` when it runs as the ``sitewatch`` program (not called from Python with
+#: arguments): only then may a model command re-execute the process.
+_MAY_REEXEC = False
 
 
-def _tune_allocator(argv: list[str]) -> None:
-    """Re-execute this process with glibc allocator settings that make PyTorch on the CPU
-    1.5-2x faster (see the README), for commands that run models.
+def _model_command() -> None:
+    """First thing a command that runs models does, once its arguments are parsed:
+    re-execute the process with glibc allocator settings that make PyTorch on the CPU
+    1.5-2x faster (:mod:`sitewatch.imagery.detect.allocator`).
 
     glibc reads them only at process start, hence the re-exec (the process keeps its pid).
-    Any of them already set, or ``SITEWATCH_NO_ALLOCATOR_TUNING=1``, leaves things as they are.
+    ``--help`` and flag errors never get here, so they answer at once. Any of the settings
+    already set, or ``SITEWATCH_NO_ALLOCATOR_TUNING=1``, leaves things as they are.
     """
     import os
 
-    from sitewatch.imagery.detect.execution import ALLOCATOR_ENV
+    from sitewatch.imagery.detect.allocator import ALLOCATOR_ENV
 
-    if (not sys.platform.startswith("linux") or os.environ.get("SITEWATCH_NO_ALLOCATOR_TUNING")
-            or any(k in os.environ for k in ALLOCATOR_ENV) or not _MODEL_COMMANDS & set(argv[:3])):
+    if (not _MAY_REEXEC or not sys.platform.startswith("linux") or os.environ.get("SITEWATCH_NO_ALLOCATOR_TUNING")
+            or any(k in os.environ for k in ALLOCATOR_ENV)):
         return
     env = {**os.environ, **ALLOCATOR_ENV}
     try:
@@ -658,10 +669,16 @@ def _tune_allocator(argv: list[str]) -> None:
         return  # run as we are
 
 
+def _say(text: str) -> None:
+    """A status line on a terminal (never in logs or pipes, where stderr carries only errors)."""
+    if sys.stderr.isatty():
+        click.echo(f"sitewatch: {text}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn user errors into one line and an exit code."""
-    if argv is None:
-        _tune_allocator(sys.argv[1:])
+    global _MAY_REEXEC
+    _MAY_REEXEC = argv is None
     try:
         cli.main(args=argv, prog_name="sitewatch", standalone_mode=False)
     except click.exceptions.Exit as exc:

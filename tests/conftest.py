@@ -68,6 +68,7 @@ TINY_PARAMS = {"head_width": 16, "widths": [8, 16, 16, 16]}
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 4-band, 2-class CenterNet: fast, and scores every peak (threshold 0 finds many)."""
     import torch
+
     from sitewatch.imagery.models.architectures import build_model
     from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.errors import InputError, OutputError, UsageError

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from sitewatch.imagery.errors import CheckpointError, ModelError
 from sitewatch.imagery.models.architectures import build_model
 from sitewatch.imagery.models.checkpoint import FORMAT, ModelSpec, file_sha256, load_checkpoint, save_checkpoint

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
+
 from sitewatch.imagery.scenes.normalise import Normalisation
 from sitewatch.imagery.scenes.scene import open_scene
 from sitewatch.training.chips import Region, build_chips, plan_windows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.training.config import load_config, parse_override
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.models.registry import shipped_models
 from sitewatch.imagery.scenes.georef import local_metres, pixel_to_map, to_lonlat

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+
 from sitewatch.imagery.detect.jobs import recorded_blocks
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.models.registry import resolve_model, shipped_models

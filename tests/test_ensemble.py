@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from sitewatch.imagery.errors import ModelError, OutputError, UsageError
 from sitewatch.imagery.models.checkpoint import load_checkpoint, save_checkpoint
 from sitewatch.imagery.models.runtime import inference_model, onnx_available
 from sitewatch.training.ensemble import combine
-
 from tests.clirun import SITEWATCH
 from tests.test_checkpoint import tiny_model, tiny_spec
 

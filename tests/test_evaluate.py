@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyproj import CRS
+
+from sitewatch.cli import main
 from sitewatch.imagery.detect.worker import georeference
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.models.registry import shipped_models
@@ -39,8 +41,6 @@ from sitewatch.training.evaluate import (
     write_evaluation,
 )
 from sitewatch.training.labels import SceneLabels
-
-from sitewatch.cli import main
 
 CLASSES = ("vessel", "kiln")
 V, K = 0, 1

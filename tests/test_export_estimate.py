@@ -11,6 +11,7 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+
 from sitewatch.imagery.candidates.estimate import (
     allocate,
     draw_sample,

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
 from rasterio.crs import CRS
+
 from sitewatch.imagery.detect.report import ccw_rings
 from sitewatch.imagery.scenes.georef import (
     box_corners,

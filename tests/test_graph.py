@@ -17,6 +17,7 @@ import pytest
 import rasterio.io
 import torch
 from affine import Affine
+
 from sitewatch.imagery.detect.pipeline import DetectSettings, Plan, build_graph, plan
 from sitewatch.imagery.detect.worker import BlockResult, SceneStats
 from sitewatch.imagery.errors import InputError, UsageError

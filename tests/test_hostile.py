@@ -185,6 +185,7 @@ def pickled_code(d: Path, model: Path) -> list[str]:
 def other_bands_checkpoint(d: Path, model: Path) -> list[str]:
     """A checkpoint for three RGB bands, on a four-band scene."""
     from conftest import TINY_PARAMS
+
     from sitewatch.imagery.models.architectures import build_model
     from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
+
 from sitewatch.imagery.errors import BandError, InputError, NotARasterError, UsageError
 from sitewatch.imagery.scenes.inputs import SceneInput, expand_inputs, gdal_path, open_input
 from sitewatch.imagery.scenes.scene import REMOTE_GDAL_OPTIONS, SceneReader

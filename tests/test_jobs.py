@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint
+
 from sitewatch.imagery.detect.jobs import JOB_DIR, recorded_blocks
 from sitewatch.imagery.detect.outputs import RESULT_FILES
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect

@@ -21,6 +21,7 @@ from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
+
 from sitewatch.imagery.errors import InputError, SitewatchError, UsageError
 from sitewatch.imagery.scenes.georef import pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.scene import Scene, open_scene

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from affine import Affine
 from pyproj import Transformer
+
 from sitewatch.imagery.errors import InputError, UsageError
 from sitewatch.imagery.scenes.scene import Scene, open_scene
 from sitewatch.training.labels import LabelError, LabelOptions, LabelProblem, LabelSet, problem_summary, read_labels

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+
 from sitewatch.imagery.detect.mapview import MapLayer, render_map_html
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.quicklook import quicklook_rgb

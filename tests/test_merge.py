@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
+
 from sitewatch.imagery.detect.merge import suppress
 from sitewatch.imagery.detect.worker import empty_detections, georeference, in_core
 from sitewatch.imagery.scenes.scene import BandSource, Scene

@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from sitewatch.imagery.scenes.normalise import Normalisation, percentiles
 
 QS = st.tuples(st.floats(0, 100), st.floats(0, 100))

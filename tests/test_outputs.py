@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import sitewatch.imagery.detect.outputs
 from sitewatch.imagery.detect.outputs import RESULT_FILES, Staging, check_out_dir
 from sitewatch.imagery.errors import OutputError

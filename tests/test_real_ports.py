@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sitewatch.imagery.candidates.matching import match_centres
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.models.registry import shipped_models

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from conftest import default_sigint, make_review_run
 from PIL import Image
+
 from sitewatch.imagery.candidates.store import STATUSES, CandidateStore
 from sitewatch.imagery.review.server import (
     CHIP_MAX_PX,

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from conftest import AddScene, make_review_run
+
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.review.server import ReviewServer, make_server
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 import pytest
+
 from sitewatch.imagery.candidates.store import CandidateStore
 
 SITEWATCH = [sys.executable, "-m", "sitewatch.cli"]

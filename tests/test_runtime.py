@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.models.architectures import build_model
 from sitewatch.imagery.models.checkpoint import load_checkpoint

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
+
 from sitewatch.imagery.errors import (
     BandError,
     CorruptRasterError,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+
 from sitewatch.imagery.candidates.sites import SitePoint, assign, parse_site_distances, site_distances
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.errors import UsageError

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from pyproj import CRS
+
 from sitewatch.imagery.errors import SitewatchError, UsageError
 from sitewatch.imagery.synthetic.sentinel2 import BANDS, PlantedObject, make_scene, truth_to_geojson
 

@@ -12,6 +12,7 @@ import rasterio
 from affine import Affine
 from pyproj import CRS
 from rasterio.features import rasterize
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.georef import from_lonlat, map_to_pixel
 from sitewatch.imagery.synthetic.highres import (

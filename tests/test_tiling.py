@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.tiling import Tile, TileGrid
 

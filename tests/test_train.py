@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+
+from sitewatch.cli import main
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.errors import OutputError, UsageError
 from sitewatch.imagery.models.checkpoint import load_checkpoint
@@ -21,8 +23,6 @@ from sitewatch.imagery.synthetic.sentinel2 import make_scene, truth_to_geojson
 from sitewatch.training.config import load_config, parse_override
 from sitewatch.training.labels import LabelError
 from sitewatch.training.run import MODEL_FILES, run_training
-
-from sitewatch.cli import main
 
 CONFIG = """
 model:

@@ -22,6 +22,7 @@ from typing import Any
 
 import dask
 import numpy as np
+
 from sitewatch.imagery.detect.worker import SceneStats, scene_stats
 from sitewatch.imagery.errors import SitewatchError
 from sitewatch.imagery.scenes.normalise import Normalisation, apply

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pyproj import CRS
 from pyproj.exceptions import CRSError
+
 from sitewatch.imagery.errors import UsageError
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from sitewatch.imagery.candidates.matching import Counts, counts_at, match_boxes, match_centres
 from sitewatch.imagery.detect.outputs import Staging, out_dir_exists
 from sitewatch.imagery.detect.report import ccw_rings

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
 from sitewatch.imagery.models.registry import CHECKPOINT_NAME
 

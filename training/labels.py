@@ -22,6 +22,7 @@ from pyproj.exceptions import CRSError, ProjError
 from shapely.errors import ShapelyError
 from shapely.geometry import shape as shapely_shape
 from shapely.validation import explain_validity
+
 from sitewatch.imagery.errors import InputError, UsageError
 from sitewatch.imagery.scenes.georef import ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.scene import Scene

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
+
 from sitewatch.imagery.detect.outputs import out_dir_exists
 from sitewatch.imagery.errors import InputError, OutputError, UsageError
 from sitewatch.imagery.models.architectures import build_model

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from sitewatch.imagery.candidates.matching import Counts, counts_at, match_boxes, match_centres
 from sitewatch.imagery.detect.worker import in_core
 from sitewatch.imagery.models.inference import predict

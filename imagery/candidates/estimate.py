@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sitewatch.imagery.candidates.gpkg import now_iso, touch
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.errors import OutputError, UsageError

@@ -26,6 +26,7 @@ from typing import Any
 
 from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
+
 from sitewatch.imagery.candidates.gpkg import add_features_table, geometry_blob, init_geopackage, touch
 from sitewatch.imagery.candidates.store import CandidateStore, Site
 from sitewatch.imagery.errors import OutputError, UsageError

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.georef import ground_distance_m
 

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import shapely
 from shapely.geometry import Point, Polygon
 from shapely.geometry.polygon import orient
+
 from sitewatch.imagery.candidates.gpkg import (
     add_attributes_table,
     add_features_table,

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 from distributed.diagnostics.plugin import WorkerPlugin
+
+from sitewatch.imagery.detect.allocator import ALLOCATOR_ENV
 from sitewatch.imagery.detect.worker import preload_model
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.models.checkpoint import LoadedModel
@@ -42,16 +44,6 @@ log = logging.getLogger(__name__)
 
 #: ``--scheduler`` values that are not addresses.
 LOCAL_SCHEDULERS = ("threads", "processes")
-
-#: glibc allocator settings for worker processes: PyTorch's activations are otherwise
-#: mapped and unmapped on every forward pass (1.5-2x slower on CPU; see the README).
-ALLOCATOR_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "68719476736",
-    "MALLOC_ARENA_MAX": "1",
-}
-
-
 
 @dataclass(frozen=True)
 class Task:

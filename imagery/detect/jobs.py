@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from sitewatch.imagery import errors
 from sitewatch.imagery.detect.worker import BlockResult, SceneStats
 from sitewatch.imagery.errors import InputError, OutputError, SitewatchError

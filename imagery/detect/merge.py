@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sitewatch.imagery.detect.worker import empty_detections
 from torchvision.ops import batched_nms
+
+from sitewatch.imagery.detect.worker import empty_detections
 
 
 def suppress(parts: Sequence[dict[str, np.ndarray]], iou: float) -> dict[str, np.ndarray]:

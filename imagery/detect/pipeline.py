@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+
 from sitewatch.imagery.candidates.sites import site_distances
 from sitewatch.imagery.candidates.store import STORE_NAME, CandidateStore, review_count
 from sitewatch.imagery.detect.execution import Task, check_scheduler, run_tasks

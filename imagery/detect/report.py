@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from sitewatch.imagery.candidates.store import (
     STORE_NAME,
     CandidateStore,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sitewatch.imagery.detect.worker import SceneStats
 from sitewatch.imagery.errors import InputError, SitewatchError, UsageError
 from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from sitewatch.imagery.errors import CheckpointError, SitewatchError
 from sitewatch.imagery.models.checkpoint import LoadedModel, bytes_sha256, file_sha256, load_checkpoint
 from sitewatch.imagery.models.inference import predict

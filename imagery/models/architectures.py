@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from sitewatch.imagery.errors import ModelError
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
+from sitewatch.imagery.errors import ModelError
 
 ARCHITECTURES = ("centernet", "centernet-ensemble")
 

@@ -7,8 +7,10 @@ A checkpoint is a ``torch.save`` dict of plain types and tensors::
 ``spec`` holds the architecture, class names, band names and order, normalisation, tile
 size and overlap, score threshold, pixel size and version. ``checksum`` is a SHA-256 over
 the spec (canonical JSON) and every tensor's bytes, so a damaged or edited file is refused.
-Loading uses ``torch.load(weights_only=True)``, which refuses pickled code.
+Loading uses ``torch.load(weights_only=True)``, which refuses pickled code. The spec alone
+can be read without torch (:func:`sitewatch.imagery.models.spec.read_spec`).
 """
+
 
 from __future__ import annotations
 
@@ -19,55 +21,15 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from sitewatch.imagery.errors import CheckpointError
 from sitewatch.imagery.models.architectures import ARCHITECTURES, build_model
-from sitewatch.imagery.scenes.normalise import Normalisation
-
-FORMAT = "sitewatch-checkpoint/1"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model is and how to feed it."""
-
-    name: str
-    version: str
-    arch: str
-    classes: tuple[str, ...]
-    bands: tuple[str, ...]
-    normalisation: Normalisation = Normalisation()
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    tile_size: int = 256
-    overlap: int = 32
-    score_threshold: float = 0.3
-    pixel_size_m: float = 10.0
-    #: Average the heatmap over flipped inputs at inference (3x compute).
-    tta: bool = False
-    #: Largest box side in pixels the model may report (about 1.5x the largest label).
-    max_box_px: float = 256.0
-    created: str = ""
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-typed dict (JSON-safe)."""
-        d = asdict(self)
-        d["classes"] = list(self.classes)
-        d["bands"] = list(self.bands)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        d["classes"] = tuple(d["classes"])
-        d["bands"] = tuple(d["bands"])
-        d["normalisation"] = Normalisation(**d.get("normalisation", {}))
-        return cls(**d)
+from sitewatch.imagery.models.spec import FORMAT, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -176,3 +138,6 @@ def load_checkpoint(path: str | Path, data: bytes | None = None) -> LoadedModel:
     model.eval()
     file_checksum = bytes_sha256(data) if data is not None else file_sha256(p)
     return LoadedModel(spec=spec, model=model, path=str(p), checksum=file_checksum)
+
+
+__all__ = ["FORMAT", "LoadedModel", "ModelSpec", "bytes_sha256", "file_sha256", "load_checkpoint", "save_checkpoint"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sitewatch.imagery.errors import ModelError
+from sitewatch.imagery.models.spec import read_spec
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 CHECKPOINT_NAME = "model.pt"
@@ -70,10 +71,8 @@ def headline_metrics(metrics: dict[str, Any]) -> str:
 
 
 def model_summary(path: Path) -> dict[str, Any]:
-    """Spec fields and a metrics line of the checkpoint at ``path``."""
-    from sitewatch.imagery.models.checkpoint import load_checkpoint
-
-    spec = load_checkpoint(path).spec
+    """Spec fields and a metrics line of the checkpoint at ``path`` (read without torch or its weights)."""
+    spec = read_spec(path)
     metrics_file = path.parent / "metrics.json"
     try:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from sitewatch.imagery.errors import UsageError
 
 log = logging.getLogger(__name__)

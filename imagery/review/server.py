@@ -58,6 +58,7 @@ import numpy as np
 from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon, box
+
 from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
 from sitewatch.imagery.review.page import render_page

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+
 from sitewatch.imagery.errors import UsageError
 
 #: Normalised values are clipped to this range so saturated pixels stay bright but bounded.

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
 from sitewatch.imagery.errors import UsageError
 
 #: Percentiles of the quick-look stretch.

@@ -25,6 +25,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
+
 from sitewatch.imagery.errors import (
     BandError,
     CorruptRasterError,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
 from sitewatch.imagery.errors import UsageError
 
 

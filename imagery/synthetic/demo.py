@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sitewatch.imagery.candidates.matching import Counts, match_centres
 from sitewatch.imagery.detect.outputs import check_out_dir
 from sitewatch.imagery.detect.pipeline import DetectSettings, Plan, RunSummary, detect

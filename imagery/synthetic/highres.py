@@ -27,6 +27,7 @@ import numpy as np
 from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
+
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.georef import pixel_to_map, to_lonlat
 from sitewatch.imagery.synthetic.sentinel2 import _blur121, _segment_coverage, _smooth_field, write_scene

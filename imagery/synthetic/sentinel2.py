@@ -21,6 +21,7 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.errors import RasterioError
+
 from sitewatch.imagery.errors import OutputError, UsageError
 from sitewatch.imagery.scenes.georef import box_corners, pixel_to_map, to_lonlat
 

@@ -1,0 +1,47 @@
+"""The web pages are files: templates in each stage's ``static/`` folder, filled in one pass."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sitewatch.imagery.detect.mapview import render_map_html
+from sitewatch.imagery.review.page import render_page
+from sitewatch.imagery.webpage import fill, json_for_script, static_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_review_page_is_its_files_with_the_slots_filled() -> None:
+    page = render_page("n0nce", {"statuses": ["unreviewed"], "title": "</script><script>alert(1)</script>"})
+    assert static_text("sitewatch.imagery.review", "review.js") in page
+    assert static_text("sitewatch.imagery.review", "review.css") in page
+    assert page.count('nonce="n0nce"') == 2
+    assert "{{" not in page
+    assert "<script>alert(1)" not in page  # data goes in as JSON, escaped for a script element
+
+
+def test_the_map_is_its_files_with_the_slots_filled() -> None:
+    page = render_map_html([], "A {{title}} & <b>", "demo")
+    assert static_text("sitewatch.imagery.detect", "map.js") in page
+    assert "A {{title}} &amp; &lt;b&gt;" in page  # a value is never scanned for slots
+    assert re.search(r"\{\{\w+\}\}", page.replace("A {{title}}", "")) is None
+
+
+def test_fill_replaces_every_slot_once_and_refuses_a_missing_one() -> None:
+    assert fill("{{a}}-{{b}}", {"a": "{{b}}", "b": "x"}) == "{{b}}-x"
+    with pytest.raises(KeyError):
+        fill("{{a}}", {})
+    assert json_for_script({"s": "</script>&"}) == '{"s":"\\u003c/script\\u003e\\u0026"}'
+
+
+def test_eslint_passes_on_the_pages_scripts() -> None:
+    eslint = ROOT / "node_modules" / ".bin" / "eslint"
+    if not eslint.exists() or shutil.which("node") is None:
+        pytest.skip("ESLint is not installed: run `npm ci` in the repository (.ci/run does)")
+    r = subprocess.run([str(eslint), "imagery"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
