@@ -260,11 +260,15 @@ def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--coco-image", multiple=True, metavar="NAME=SCENE", help="Bind a COCO image file name to a scene path.")
 @click.option("--bands", default=None, help="Bands to use, in the config's order: names or 1-based indexes.")
 @click.option("--workers", type=int, default=None, help="Threads that read chips [default: one per CPU core].")
+@click.option("--init", "init", default=None, metavar="MODEL",
+              help="Start from this model's weights (a shipped name or a path): same architecture and bands, "
+                   "classes matched by name; e.g. fine-tune vessels-s2 on reviewed candidates.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished training run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: Path, sets: tuple[str, ...],
           epochs: int | None, device: str | None, name: str | None, labels_crs: str | None, skip_bad_labels: bool,
-          coco_image: tuple[str, ...], bands: str | None, workers: int | None, resume: bool, overwrite: bool) -> None:
+          coco_image: tuple[str, ...], bands: str | None, workers: int | None, init: str | None, resume: bool,
+          overwrite: bool) -> None:
     """Train a detector on your scenes and labels; writes a model directory for --model.
 
     \b
@@ -293,7 +297,8 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
     command = "sitewatch " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "sitewatch train"
     try:
         res = run_training(cfg, [*images, *more_images], list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
-                           resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command)
+                           resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command,
+                           init=init)
     except KeyboardInterrupt:
         progress.close()
         saved = (out / "checkpoints" / "last.pt").is_file()

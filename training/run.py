@@ -29,14 +29,15 @@ import yaml
 from sitewatch.imagery.detect.outputs import out_dir_exists
 from sitewatch.imagery.errors import InputError, OutputError, UsageError
 from sitewatch.imagery.models.architectures import build_model
-from sitewatch.imagery.models.checkpoint import ModelSpec, save_checkpoint
-from sitewatch.imagery.models.registry import CHECKPOINT_NAME
+from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint, save_checkpoint
+from sitewatch.imagery.models.registry import CHECKPOINT_NAME, resolve_model
 from sitewatch.imagery.scenes.georef import ground_pixel_m
 from sitewatch.imagery.scenes.normalise import Normalisation
 from sitewatch.imagery.scenes.scene import RASTER_SUFFIXES, Scene, band_name_in, open_scene
 from sitewatch.training.chips import Region, build_chips
 from sitewatch.training.config import Config, config_dict
 from sitewatch.training.dataset import Augment, ChipSampler
+from sitewatch.training.init import check_parent, imagenet_init, transfer
 from sitewatch.training.labels import LabelOptions, LabelSet, SceneLabels, problem_summary, read_labels
 from sitewatch.training.train import Validation, make_batch, mine_hard_negatives, train_step, validate
 
@@ -258,6 +259,34 @@ def _write_log(history: list[dict[str, Any]], path: Path) -> None:
             w.writerow(h)
 
 
+def _parent(init: str | Path, m: Any) -> LoadedModel:
+    """The model ``--init`` names, loaded and checked against the config.
+
+    Raises:
+        ModelError: no such model. CheckpointError: not a usable checkpoint.
+        UsageError: another architecture or other bands.
+    """
+    parent = load_checkpoint(resolve_model(init))
+    check_parent(parent, str(init), m.arch, m.arch_params, m.bands)
+    return parent
+
+
+def _init_line(init: dict[str, Any], labels: dict[str, int]) -> str:
+    """The model card's line on where the weights started."""
+    if init["kind"] == "imagenet":
+        bands = ", ".join(f"{b}: {src}" for b, src in init["bands"].items())
+        return (f"encoder from ImageNet ({init['weights']}; stem filters by band: {bands}); "
+                "pyramid and heads at random")
+    if init["kind"] == "model":
+        p = init["parent"]
+        per_class = ", ".join(f"{n} {k.removeprefix('class:')}" for k, n in labels.items() if k.startswith("class:"))
+        added = f"{labels.get('positives', 0)} objects ({per_class or 'none'}), {labels.get('negatives', 0)} known non-objects"
+        return (f"fine-tuned from `{p['name']}` v{p['version']} ({p['checksum']}, `--init {p['ref']}`); "
+                f"classes kept: {', '.join(init['classes_kept']) or 'none'}; new: {', '.join(init['classes_new']) or 'none'}; "
+                f"dropped: {', '.join(init['classes_dropped']) or 'none'}. Labels added by this fine-tune: {added}")
+    return "from scratch (random weights, no pretrained encoder)"
+
+
 def _card(cfg: Config, spec: ModelSpec, res: dict[str, Any]) -> str:
     m = cfg.model
     val = res["validation"]
@@ -274,8 +303,8 @@ def _card(cfg: Config, spec: ModelSpec, res: dict[str, Any]) -> str:
 * **What:** {m.description or ", ".join(m.classes)}
 * **Classes:** {", ".join(m.classes)}. **Bands:** {", ".join(m.bands)} (in this order).
   **Resolution:** about {m.pixel_size_m:g} m pixels.
-* **Architecture:** `{m.arch}` {dict(m.arch_params)}; trained from scratch by `sitewatch train`
-  (no pretrained weights).
+* **Architecture:** `{m.arch}` {dict(m.arch_params)}; trained by `sitewatch train`.
+* **Initialisation:** {_init_line(res['init'], res['labels'])}
 * **Normalisation:** {m.normalisation.method} {m.normalisation.model_dump()}.
 * **Data:** {res['labels']['positives']} labelled objects and {res['labels'].get('negatives', 0)} known non-objects
   (rejected candidates) in {len(res['scenes'])} scenes; label files:
@@ -306,8 +335,13 @@ def run_training(
     workers: int | None = None,
     progress: Progress | None = None,
     command: str = "sitewatch train",
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train a model from scenes and labels as ``cfg`` says; write the model directory ``out``.
+
+    ``init`` (a shipped model name or a path) starts from that model's weights instead of
+    ``cfg``'s initialisation (:mod:`sitewatch.training.init`): the same architecture and bands,
+    classes matched by name.
 
     Raises:
         SitewatchError: bad scenes, labels (unless ``labels.skip_problems``), config or output
@@ -321,6 +355,7 @@ def run_training(
     if not labels:
         raise UsageError("--labels: name at least one label file (GeoJSON or COCO JSON)")
     m = cfg.model
+    parent = _parent(init, m) if init is not None else None
     paths = expand_images(images, m.bands)
     scenes = [open_scene(p, m.bands, bands) for p in paths]
     opts = LabelOptions(classes=tuple(m.classes), class_property=cfg.labels.class_property, point_box_m=cfg.labels.point_box_m,
@@ -341,6 +376,8 @@ def run_training(
     state: dict[str, Any] | None = None
     cfg_doc = config_dict(cfg)
     inputs_doc = {"images": [str(Path(p).resolve()) for p in paths], "labels": [str(Path(p).resolve()) for p in labels]}
+    if parent is not None:
+        inputs_doc["init"] = parent.checksum
     if resume:
         state = _load_state(out / "checkpoints" / "last.pt")
         if state["config"] != cfg_doc or state["inputs"] != inputs_doc:
@@ -369,7 +406,18 @@ def run_training(
 
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
-    model = build_model(m.arch, len(m.bands), len(m.classes), m.arch_params).to(device)
+    model = build_model(m.arch, len(m.bands), len(m.classes), m.arch_params)
+    if state is not None:
+        init_info = state.get("init", {"kind": "random"})
+    elif parent is not None:
+        init_info = {**transfer(model, parent, m.classes), "parent": {
+            "name": parent.spec.name, "version": parent.spec.version, "checksum": parent.checksum,
+            "ref": str(init), "classes": list(parent.spec.classes)}}
+    elif m.pretrained == "imagenet":
+        init_info = imagenet_init(model, m.bands)
+    else:
+        init_info = {"kind": "random"}
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     total = cfg.train.epochs * cfg.train.steps_per_epoch
     if total >= 4:
@@ -441,6 +489,7 @@ def run_training(
             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": _plain(history),
             "best": {**_plain({k: v for k, v in best.items() if k != "state"}), "state": best["state"]},
             "bad_epochs": bad_epochs, "elapsed": time.monotonic() - t_start, "mined": _plain([list(h) for h in mined]),
+            "init": _plain(init_info),
         })
         if has_val and cfg.train.patience and bad_epochs >= cfg.train.patience:
             stopped = f"early stop: no better validation F1 for {bad_epochs} epochs"
@@ -465,12 +514,12 @@ def run_training(
         "labels": label_set.counts, "problems": len(label_set.problems), "label_files": list(labels), "split": split,
         "scenes": [{"name": t.scene.name, "role": role, "labels": len(t.boxes), "width": t.scene.width, "height": t.scene.height,
                     "pixel_m": _ground_px(t.scene)} for t, role in zip(truth, roles, strict=True)],
-        "command": command, "stopped": stopped or "all epochs run",
+        "command": command, "stopped": stopped or "all epochs run", "init": init_info,
     }
     metrics = {"validation": best["validation"], "best_epoch": best["epoch"], "epochs_run": epoch, "train_minutes": round(minutes, 2),
                "device": str(device), "score_threshold": threshold, "labels": label_set.counts, "label_problems": len(label_set.problems),
                "windows": {"train": len(train_chips), "validation": len(val_chips)}, "stopped": res["stopped"],
-               "history": history}
+               "init": init_info, "history": history}
     checksum = _write_model_dir(out, spec, model, cfg, _card(cfg, spec, res), metrics, history)
     return TrainResult(out, checksum, epoch, best["epoch"], best["validation"] or {}, minutes, label_set.counts,
                        len(label_set.problems), history)
