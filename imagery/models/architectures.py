@@ -32,6 +32,7 @@ from torchvision.models.resnet import BasicBlock
 
 from sitewatch.imagery.errors import ModelError
 from sitewatch.imagery.models.efficientnet import EfficientCenterNet
+from sitewatch.imagery.models.heads import CentreHeads
 
 ARCHITECTURES = ("centernet", "centernet-ensemble", "efficient-centernet")
 
@@ -45,7 +46,7 @@ def _layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class CenterNet(nn.Module):
+class CenterNet(CentreHeads):
     """Centre-heatmap detector with output stride 2.
 
     Args:
@@ -88,23 +89,7 @@ class CenterNet(nn.Module):
             stages.append(_layer(cin, w, b, 2))
             cin = w
         self.stages = nn.ModuleList(stages)
-        self.lateral = nn.ModuleList(nn.Conv2d(w, head_width, 1) for w in widths)
-        self.smooth = nn.Sequential(
-            nn.Conv2d(head_width, head_width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(head_width),
-            nn.ReLU(inplace=True),
-        )
-
-        def head(cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(head_width, head_width, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(head_width, cout, 1)
-            )
-
-        self.heatmap = head(num_classes)
-        self.size = head(2)
-        self.offset = head(2)
-        # CenterNet's prior: start with a low object probability so the focal loss is stable.
-        nn.init.constant_(self.heatmap[-1].bias, -4.6)
+        self.build_heads(widths, head_width, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return heatmap logits ``(N, C, H/2, W/2)``, log box size ``(N, 2, ...)`` and offset."""
@@ -113,11 +98,7 @@ class CenterNet(nn.Module):
         for stage in self.stages:
             h = stage(h)
             feats.append(h)
-        top = self.lateral[-1](feats[-1])
-        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
-            top = F.interpolate(top, size=f.shape[-2:], mode="nearest") + lat(f)
-        top = self.smooth(top)
-        return self.heatmap(top), self.size(top), self.offset(top)
+        return self.heads(feats)
 
 
 class CenterNetEnsemble(nn.Module):

