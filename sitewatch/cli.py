@@ -243,10 +243,22 @@ def _bind(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return _pairs(values, "--coco-image", "COCO_FILE_NAME=SCENE_PATH")
 
 
+def _parent_config(init: str | None) -> Path:
+    """The config of the model ``--init`` names (its ``config.yaml``), for a train without ``--config``."""
+    if init is None:
+        raise click.UsageError("Missing option '--config' (or give --init MODEL to fine-tune with that model's config)")
+    from sitewatch.imagery.models.registry import resolve_model
+
+    path = resolve_model(init).parent / "config.yaml"
+    if not path.is_file():
+        raise click.UsageError(f"--init {init}: the model has no config.yaml beside it; give --config")
+    return path
+
+
 @cli.command()
 @click.argument("more_images", nargs=-1, metavar="[IMAGES]...")
-@click.option("--config", "-c", "config", required=True, type=click.Path(path_type=Path),
-              help="Training config (YAML), e.g. configs/kilns-highres.yaml.")
+@click.option("--config", "-c", "config", default=None, type=click.Path(path_type=Path),
+              help="Training config (YAML), e.g. configs/kilns-highres.yaml [default with --init: the parent's config].")
 @click.option("--images", "-i", multiple=True, required=True,
               help="Scenes: files, directories or quoted globs; list several after one --images.")
 @click.option("--labels", "-l", multiple=True, required=True, help="Label files: GeoJSON, COCO JSON or a sitewatch review export.")
@@ -276,6 +288,8 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
         --labels kilns.geojson --out models/my-kilns
     sitewatch detect NEW.tif --model models/my-kilns --out run1
     """
+    if config is None:
+        config = _parent_config(init)
     _model_command()
     _say(f"train: reading {config} and loading PyTorch")
     from sitewatch.training.config import load_config, parse_override

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_train import _train, data  # noqa: F401 (the module fixture of three synthetic scenes)
 
 from sitewatch.cli import main
@@ -78,18 +79,33 @@ def test_a_parent_of_another_shape_is_one_clear_error(data: dict[str, Path], par
     (["--init", "{tmp}/nothing"], 4, "--model {tmp}/nothing: no shipped model of that name"),
     (["--init", "{parent}", "--set", "model.bands=[B04,B03,B02,B08]", "--bands", "3,2,1,4"], 2,
      "fine-tune with the same bands in the same order"),
+    (["--no-config"], 2, "Missing option '--config' (or give --init MODEL"),
 ])
 def test_init_on_the_command_line(data: dict[str, Path], parent: Path, tmp_path: Path,  # noqa: F811
                                   capsys: pytest.CaptureFixture[str], extra: list[str], code: int, expect: str) -> None:
     out = tmp_path / "m"
     extra = [a.format(tmp=tmp_path, parent=parent) for a in extra]
+    config = [] if extra == ["--no-config"] else ["--config", str(data["config"])]
+    extra = [a for a in extra if a != "--no-config"]
     with pytest.raises(SystemExit) as ex:
-        main(["train", "--config", str(data["config"]), "--images", str(data["scenes"]), "--labels", str(data["labels"]),
+        main(["train", *config, "--images", str(data["scenes"]), "--labels", str(data["labels"]),
               "--out", str(out), "--epochs", "1", *extra])
     err = capsys.readouterr().err
     assert ex.value.code == code
     assert expect.format(tmp=tmp_path) in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_init_without_config_takes_the_parents(data: dict[str, Path], parent: Path, tmp_path: Path,  # noqa: F811
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "child"
+    main(["train", "--init", str(parent), "--images", str(data["scenes"]), "--labels", str(data["labels"]),
+          "--out", str(out), "--epochs", "1", "--name", "tiny-s2-ft"])
+    card = (out / "model_card.md").read_text()
+    assert "# Model card: tiny-s2-ft v1.0.0" in card and "fine-tuned from `tiny-s2` v1.0.0" in card
+    expected = yaml.safe_load((parent / "config.yaml").read_text())
+    expected["model"]["name"], expected["train"]["epochs"] = "tiny-s2-ft", 1
+    assert yaml.safe_load((out / "config.yaml").read_text()) == expected
 
 
 def test_rgb_index_finds_colour_bands_by_number_or_name() -> None:

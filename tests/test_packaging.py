@@ -19,7 +19,7 @@ def test_the_wheel_installs_only_sitewatch_with_its_data(tmp_path: Path) -> None
     assert top == {"sitewatch"}  # no top-level `imagery` or `training` to collide with a user's modules
     for expected in ("sitewatch/imagery/detect/pipeline.py", "sitewatch/training/run.py", "sitewatch/cli.py",
                      "sitewatch/imagery/review/static/review.js", "sitewatch/imagery/detect/static/map.html",
-                     "sitewatch/imagery/weights/vessels-s2/model.pt"):
+                     "sitewatch/imagery/weights/vessels-s2/model.pt", "sitewatch/imagery/weights/vessels-s2/config.yaml"):
         assert expected in names
     # every module of the source tree is in the wheel, under its installed name
     for folder, prefix in (("imagery", "sitewatch/imagery"), ("training", "sitewatch/training")):
