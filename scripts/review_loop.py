@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--labels", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--match-m", type=float, default=30.0)
-    ap.add_argument("--set", dest="sets", action="append", default=["train.epochs=6", "train.lr=0.0003"],
-                    help="fine-tune overrides of the model's config (default: 6 epochs at lr 0.0003)")
+    ap.add_argument("--set", dest="sets", action="append", default=None,
+                    help="fine-tune overrides of the model's config, repeatable (default: train.epochs=6, train.lr=0.0003)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     spec = read_spec(args.model / "model.pt")
@@ -87,7 +87,7 @@ def main() -> None:
     sitewatch("export", str(args.out / "detect"), "--status", "confirmed", "--status", "rejected", "--out", str(export),
               "--overwrite")
     t0 = time.monotonic()
-    sets = [a for s in args.sets for a in ("--set", s)]
+    sets = [a for s in (args.sets or ["train.epochs=6", "train.lr=0.0003"]) for a in ("--set", s)]
     sitewatch("train", "--init", str(args.model), "--images", args.port,
               "--labels", str(export), "--out", str(args.out / "finetuned"), "--overwrite", *sets)
     minutes = (time.monotonic() - t0) / 60
