@@ -266,3 +266,34 @@ def test_pickled_code_is_refused_and_never_runs(
         load_checkpoint(path)
     assert not marker.exists()
     assert calls and all(c.get("weights_only") is True for c in calls)
+
+
+def test_the_spec_reads_without_torch_the_same_as_a_full_load(tiny_checkpoint: Path) -> None:
+    from sitewatch.imagery.models.spec import read_spec
+
+    assert read_spec(tiny_checkpoint) == load_checkpoint(tiny_checkpoint).spec
+
+
+def test_reading_the_spec_never_runs_pickled_code(tmp_path: Path) -> None:
+    import pickle
+    import zipfile
+
+    from sitewatch.imagery.errors import CheckpointError
+    from sitewatch.imagery.models.spec import read_spec
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"format": FORMAT, "spec": Payload()}))
+    with pytest.raises(CheckpointError, match="refused: the file holds pickled objects or code"):
+        read_spec(evil)
+    assert not marker.exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a sitewatch checkpoint"):
+        read_spec(junk)
