@@ -121,3 +121,29 @@ def test_rare_classes_are_drawn_more_often_than_their_share(labelled: SceneLabel
         drawn.append(int(sampler.chips[ci].anchors[oj, 2]))
     share = np.mean(np.array(drawn) == 1)
     assert 0.15 < share < 0.4  # 1/sqrt weighting: 1 / (1 + 9 / 3) = 0.25, against a 0.1 share by count
+
+
+def test_missing_bands_stay_zero_and_band_dropout_zeroes_one_band(make_geotiff, tmp_path: Path) -> None:
+    """A scene without B02 trains with B02 at exactly zero (after gain, bias and noise);
+    band dropout zeroes one band of about its share of chips, never all of them."""
+    d = tmp_path / "partial"
+    d.mkdir()
+    for band in ("B03", "B04", "B08"):
+        data = np.full((1, 200, 300), 100, np.uint16)
+        data[:, 100:108, 150:158] = 2000
+        make_geotiff(300, 200, bands=1, data=data, transform=Affine(10, 0, 500000, 0, -10, 4_800_000)).rename(
+            d / f"S2_{band}.tif")
+    scene = open_scene(d, BANDS, allow_missing=True)
+    sl = SceneLabels(scene, np.array([[150, 100, 158, 108]], float), np.zeros(1, np.int64), np.zeros((0, 2)))
+    train, _ = build_chips([sl], [Region(None, 1.0, False)], Normalisation(), BANDS, 96, 2, 64, seed=0)
+    assert all(c.missing is not None and c.missing.tolist() == [True, False, False, False] for c in train)
+    rng = np.random.default_rng(0)
+    sampler = ChipSampler(train, 48, augment=Augment(brightness=0.25, contrast=0.3, noise=0.02))
+    for _ in range(20):
+        chip, valid, _, _ = sampler.sample(rng)
+        assert not chip[0].any() and chip[1][valid].std() > 0
+    sampler = ChipSampler(train, 48, augment=Augment(brightness=0.25, noise=0.02, band_dropout=0.5))
+    zeroed = [int((~sampler.sample(rng)[0].reshape(4, -1).any(axis=1)).sum()) for _ in range(200)]
+    assert set(zeroed) <= {1, 2}
+    # B02 always; another band in 3/4 of the dropouts: expected share 0.375
+    assert 0.25 < zeroed.count(2) / 200 < 0.5

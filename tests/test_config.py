@@ -45,7 +45,7 @@ BAD_CONFIGS: list[tuple[str, str | bytes | None, str]] = [
     ("unknown-key", MINIMAL + "train:\n  epoch: 3\n", "train.epoch: unknown key; did you mean epochs?"),
     ("unknown-section", MINIMAL + "trian:\n  epochs: 3\n", "trian: unknown key; did you mean train?"),
     ("unknown-key-no-guess", MINIMAL + "augment:\n  zzz: 1\n",
-     "augment.zzz: unknown key (known keys: dihedral, brightness, contrast, noise, scale)"),
+     "augment.zzz: unknown key (known keys: dihedral, brightness, contrast, noise, scale, band_dropout, copy_paste, copy_paste_max)"),
     ("unknown-nested-key", MINIMAL + "  normalisation:\n    hihg: 99\n",
      "model.normalisation.hihg: unknown key; did you mean high?"),
     ("non-text-key", MINIMAL + "train:\n  1: 2\n", "train.1: keys must be text"),

@@ -170,3 +170,20 @@ def test_classifies_a_real_photo(classifier: EfficientNetLite0) -> None:
     assert int(top5.indices[0]) == 652, top5
     assert float(top5.values[0]) > 0.3
     assert {834, 906} & set(top5.indices.tolist())  # suit, Windsor tie: the rest of the top five is sensible too
+
+
+def test_encoder_learning_rate_scale_makes_two_groups() -> None:
+    from sitewatch.imagery.models.architectures import build_model
+    from sitewatch.training.run import param_groups
+
+    model = build_model("efficient-centernet", 4, 1, {"head_width": 16})
+    groups, peaks = param_groups(model, 0.002, 0.1)
+    assert peaks == pytest.approx([0.0002, 0.002])
+    enc = {id(p) for p in model.encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == enc
+    assert enc.isdisjoint(id(p) for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # no encoder (the from-scratch CenterNet) or no scale: one group at the one rate
+    plain = build_model("centernet", 4, 1, {"widths": [8, 16, 16, 16], "blocks": [1, 1, 1, 1], "head_width": 16})
+    assert param_groups(plain, 0.002, 0.1)[1] == [0.002]
+    assert param_groups(model, 0.002, 1.0)[1] == [0.002]

@@ -152,6 +152,27 @@ def test_band_directory_missing_a_band_is_refused(tmp_path, make_geotiff):
     assert str(d) in str(info.value) and "--bands" in str(info.value)
 
 
+def test_band_directory_missing_a_band_reads_zeros_for_training(tmp_path, make_geotiff):
+    d = _band_dir(tmp_path, make_geotiff, ["B03", "B04", "B08"])
+    scene = open_scene(d, MODEL_BANDS, allow_missing=True)
+    assert scene.missing_bands == ("B02",)
+    assert [b.name for b in scene.bands] == list(MODEL_BANDS)
+    assert len(scene.files) == 3
+    with SceneReader(scene) as reader:
+        data, valid = reader.read(0, 0, 8, 8)
+        ov, _, _ = reader.overview(16)
+    # B02 is zeros; the others keep their files' values (B03 is the directory's first file: 100)
+    assert data[0].max() == 0 and ov[0].max() == 0
+    assert data[1].min() == 100 and data[3].min() == 300
+    assert valid.all()
+
+
+def test_band_directory_with_none_of_the_bands_is_refused_even_for_training(tmp_path, make_geotiff):
+    d = _band_dir(tmp_path, make_geotiff, ["B05", "B06"])
+    with pytest.raises(BandError):
+        open_scene(d, MODEL_BANDS, allow_missing=True)
+
+
 def test_band_directory_with_a_wrong_band_is_refused(tmp_path, make_geotiff):
     d = _band_dir(tmp_path, make_geotiff, ["B02", "B03", "B04", "B05"])
     with pytest.raises(BandError, match="B08"):

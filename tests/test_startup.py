@@ -28,8 +28,8 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}), file=sys.stderr)
-""" % (list(HEAVY),)
+print(json.dumps({"code": code, "heavy": sorted(m for m in HEAVY_NAMES if m in sys.modules)}), file=sys.stderr)
+""".replace("HEAVY_NAMES", repr(list(HEAVY)))
 
 
 def probe(args: list[str]) -> dict[str, object]:

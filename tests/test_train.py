@@ -17,7 +17,7 @@ import torch
 
 from sitewatch.cli import main
 from sitewatch.imagery.detect.pipeline import DetectSettings, detect
-from sitewatch.imagery.errors import OutputError, UsageError
+from sitewatch.imagery.errors import BandError, OutputError, UsageError
 from sitewatch.imagery.models.checkpoint import load_checkpoint
 from sitewatch.imagery.synthetic.sentinel2 import make_scene, truth_to_geojson
 from sitewatch.training.config import load_config, parse_override
@@ -248,3 +248,27 @@ def test_scenes_without_objects_give_background_windows(data: dict[str, Path], t
     assert res.label_counts["positives"] == 7 and metrics["validation"] is None
     card = (out / "model_card.md").read_text()
     assert "`empty` (train): 0 labels" in card
+
+
+def test_a_band_directory_lacking_a_band_trains_only_when_asked(data: dict[str, Path], tmp_path: Path) -> None:
+    """Split s1.tif into single-band files without B02: refused by default with the setting to
+    change; with ``chips.missing_bands: zero`` it trains, and the model card says so."""
+    part = tmp_path / "s1-bands"
+    part.mkdir()
+    with rasterio.open(data["scenes"] / "s1.tif") as src:
+        profile = {**src.profile, "count": 1}
+        for k, band in enumerate(("B02", "B03", "B04", "B08"), start=1):
+            if band != "B02":
+                with rasterio.open(part / f"s1_{band}.tif", "w", **profile) as dst:
+                    dst.write(src.read(k), 1)
+    images = [str(data["scenes"] / "s0.tif"), str(part)]
+    cfg = load_config(data["config"], [parse_override("split.val_fraction=0"), parse_override("labels.skip_problems=true")])
+    with pytest.raises(BandError) as err:
+        run_training(cfg, images, [str(data["labels"])], tmp_path / "refused", workers=1)
+    assert str(part) in str(err.value) and "B02" in str(err.value) and "chips.missing_bands: zero" in str(err.value)
+    assert not (tmp_path / "refused").exists()
+    cfg = load_config(data["config"], [parse_override(o) for o in (
+        "split.val_fraction=0", "labels.skip_problems=true", "chips.missing_bands=zero", "augment.band_dropout=0.2")])
+    res = run_training(cfg, images, [str(data["labels"])], tmp_path / "m", workers=1)
+    assert res.label_counts["positives"] == 14
+    assert "missing_bands" in (tmp_path / "m" / "config.yaml").read_text()

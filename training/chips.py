@@ -62,6 +62,8 @@ class Chip:
     #: ``(n, 3)`` points the sampler centres chips on, ``col, row, class`` in window pixels:
     #: the window's objects (object windows) or non-objects (hard windows, class -1).
     anchors: np.ndarray
+    #: Bands the scene has no file for (a boolean per band), or ``None`` when it has all.
+    missing: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def read_chips(
         raise stats
     out = []
     centres = _centres(labels.boxes)
+    missing = np.array([b.missing for b in scene.bands]) if scene.missing_bands else None
     with SceneReader(scene) as reader:
         for w in windows:
             raw, valid = _read_window(reader, scene, w)
@@ -187,7 +190,7 @@ def read_chips(
             boxes = labels.boxes[inside] - shift
             anchors = np.array(w.anchors, dtype=float).reshape(-1, 3)
             anchors[:, :2] -= shift[:2]
-            out.append(Chip(w, data.astype(np.float32), valid, boxes, labels.labels[inside].copy(), anchors))
+            out.append(Chip(w, data.astype(np.float32), valid, boxes, labels.labels[inside].copy(), anchors, missing))
     return out
 
 

@@ -119,6 +119,9 @@ class ChipsConfig(_Section):
     hard_fraction: float = Field(0.25, ge=0, le=1, validate_default=True)
     #: Most background windows read per scene (from the tile grid, at random).
     negatives_per_scene: int = Field(64, ge=0)
+    #: ``zero``: a band directory that lacks some of the model's bands still trains, its
+    #: missing bands read as zeros (pair with ``augment.band_dropout``); ``error``: refuse it.
+    missing_bands: Literal["error", "zero"] = "error"
 
     @field_validator("hard_fraction")
     @classmethod
@@ -138,6 +141,13 @@ class AugmentConfig(_Section):
     noise: float = Field(0.02, ge=0, le=1)
     #: Scale jitter: factors drawn log-uniformly in [1/(1+scale), 1+scale].
     scale: float = Field(0.0, ge=0, le=2)
+    #: Chance that a chip has one of its bands zeroed (as a missing band reads), so the
+    #: model learns to do without any one band.
+    band_dropout: float = Field(0.0, ge=0, le=1)
+    #: Chance that a chip gets up to ``copy_paste_max`` labelled objects from other windows
+    #: pasted onto ground like their own (see :mod:`sitewatch.training.copypaste`).
+    copy_paste: float = Field(0.0, ge=0, le=1)
+    copy_paste_max: int = Field(3, ge=1, le=20)
 
 
 class SplitConfig(_Section):
@@ -161,6 +171,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0)
+    #: Learning rate of a pretrained encoder (parameters under ``encoder.``) as a fraction of
+    #: ``lr``: below 1, fine-tuning keeps more of what the encoder learnt on ImageNet.
+    encoder_lr_scale: float = Field(1.0, gt=0, le=1)
     seed: int = 0
     #: CPU threads for torch; ``null``: every core.
     threads: int | None = Field(None, ge=1)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from sitewatch.training.chips import Chip
+from sitewatch.training.copypaste import cut_sprites, paste
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class Augment:
     #: ``[1 / (1 + scale), 1 + scale]``. Sentinel-2 exports in Web Mercator have 10 m
     #: map pixels that are 6 m to 10 m on the ground depending on latitude.
     scale: float = 0.0
+    #: Chance of zeroing one band of a chip (bands the scene lacks are always zero).
+    band_dropout: float = 0.0
+    #: Chance that a chip gets labelled objects from other windows pasted onto matching
+    #: ground (:mod:`sitewatch.training.copypaste`), and how many at most.
+    copy_paste: float = 0.0
+    copy_paste_max: int = 3
 
 
 def _dihedral(chip: np.ndarray, valid: np.ndarray, boxes: np.ndarray, k: int, flip: bool, size: int):  # type: ignore[no-untyped-def]
@@ -83,6 +90,8 @@ class ChipSampler:
         self.given_hard: list[tuple[int, float, float]] = given
         #: Hard negatives: ``(chip index, column, row)`` in window pixels.
         self.hard: list[tuple[int, float, float]] = list(given)
+        #: Objects to paste (copy-paste augmentation).
+        self.sprites = cut_sprites(chips) if self.augment.copy_paste else []
 
     def set_mined(self, mined: list[tuple[int, float, float]]) -> None:
         """Replace the mined hard negatives (the given ones stay)."""
@@ -131,6 +140,9 @@ class ChipSampler:
         inside = (cxs >= 0) & (cxs < size) & (cys >= 0) & (cys < size)
         boxes, labels = boxes[inside], labels[inside]
         boxes = np.clip(boxes, 0, size)
+        if self.sprites and rng.random() < a.copy_paste:
+            n = int(rng.integers(1, a.copy_paste_max + 1))
+            chip, boxes, labels = paste(chip, valid, boxes, labels, self.sprites, rng, n)
         if a.dihedral:
             chip, valid, boxes = _dihedral(chip, valid, boxes, int(rng.integers(4)), bool(rng.integers(2)), size)
         if a.brightness or a.contrast:
@@ -141,5 +153,9 @@ class ChipSampler:
             chip = (chip * gain + bias).astype(np.float32)
         if a.noise:
             chip += rng.normal(0, a.noise, chip.shape).astype(np.float32)
+        if c.missing is not None:
+            chip[c.missing] = 0.0
+        if a.band_dropout and chip.shape[0] > 1 and rng.random() < a.band_dropout:
+            chip[int(rng.integers(chip.shape[0]))] = 0.0
         chip *= valid
         return chip, valid, boxes, labels

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from sitewatch.imagery.detect.outputs import out_dir_exists
-from sitewatch.imagery.errors import InputError, OutputError, UsageError
+from sitewatch.imagery.errors import BandError, InputError, OutputError, UsageError
 from sitewatch.imagery.models.architectures import build_model
 from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint, save_checkpoint
 from sitewatch.imagery.models.registry import CHECKPOINT_NAME, resolve_model
@@ -83,14 +83,28 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def expand_images(items: Sequence[str], bands: Sequence[str]) -> list[str]:
+def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> tuple[list[dict[str, Any]], list[float]]:
+    """The optimiser's parameter groups: the encoder's at ``lr * encoder_scale``, the rest at ``lr``.
+
+    Returns the groups and their peak learning rates (for the one-cycle schedule).
+    """
+    enc = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    if not enc or encoder_scale == 1.0:
+        return [{"params": list(model.parameters())}], [lr]
+    return [{"params": enc, "lr": lr * encoder_scale}, {"params": rest}], [lr * encoder_scale, lr]
+
+
+def expand_images(items: Sequence[str], bands: Sequence[str], allow_missing: bool = False) -> list[str]:
     """Scene paths from files, globs and directories.
 
-    A directory whose raster files are all named by band (``..._B02.tif``) is one scene;
-    any other directory contributes each raster file in it as a scene.
+    A directory whose raster files are all named by band (``..._B02.tif``) and hold every
+    band of ``bands`` (with ``allow_missing``: at least one) is one scene; any other
+    directory contributes each raster file in it as a scene.
 
     Raises:
         InputError: a path or glob matches nothing.
+        BandError: a band directory lacks some of ``bands`` (and ``allow_missing`` is off).
     """
     out: list[str] = []
     for item in items:
@@ -106,7 +120,13 @@ def expand_images(items: Sequence[str], bands: Sequence[str]) -> list[str]:
                 if not rasters:
                     raise InputError(p, "directory holds no raster files (.tif/.tiff/.jp2)")
                 named = [band_name_in(f.name) for f in rasters]
-                if all(named) and len(set(named)) == len(named) and set(bands) <= set(named):
+                by_band = all(named) and len(set(named)) == len(named) and set(bands) & set(named)
+                lacking = [b for b in bands if b not in named]
+                if by_band and lacking and not allow_missing:
+                    raise BandError(p, f"has no {', '.join(lacking)} (the model takes {', '.join(bands)}); "
+                                    "to train on it with zeros in their place, set chips.missing_bands: zero "
+                                    "(and augment.band_dropout) in the config")
+                if by_band:
                     out.append(str(p))
                 else:
                     out += [str(f) for f in rasters]
@@ -356,8 +376,12 @@ def run_training(
         raise UsageError("--labels: name at least one label file (GeoJSON or COCO JSON)")
     m = cfg.model
     parent = _parent(init, m) if init is not None else None
-    paths = expand_images(images, m.bands)
-    scenes = [open_scene(p, m.bands, bands) for p in paths]
+    zero_fill = cfg.chips.missing_bands == "zero"
+    paths = expand_images(images, m.bands, zero_fill)
+    scenes = [open_scene(p, m.bands, bands, allow_missing=zero_fill) for p in paths]
+    for sc in scenes:
+        if sc.missing_bands:
+            prog.note(f"{sc.source}: no {', '.join(sc.missing_bands)}; trained with zeros in their place")
     opts = LabelOptions(classes=tuple(m.classes), class_property=cfg.labels.class_property, point_box_m=cfg.labels.point_box_m,
                         crs=cfg.labels.crs, skip_problems=cfg.labels.skip_problems, coco_bind=tuple(coco_bind),
                         class_map=tuple(cfg.labels.class_map.items()))
@@ -418,11 +442,12 @@ def run_training(
     else:
         init_info = {"kind": "random"}
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    groups, max_lr = param_groups(model, cfg.train.lr, cfg.train.encoder_lr_scale)
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     total = cfg.train.epochs * cfg.train.steps_per_epoch
     if total >= 4:
         # warm up over 10% of the steps (at least 2), then anneal
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=total,
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total,
                                                          pct_start=max(0.1, 2 / total))
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)

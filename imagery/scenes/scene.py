@@ -17,7 +17,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +59,20 @@ REMOTE_GDAL_OPTIONS = {
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where one model band is read from: a file and a 1-based band index in it."""
+    """Where one model band is read from: a file and a 1-based band index in it.
+
+    A band a training scene lacks (opened with ``allow_missing``) has no file: its
+    ``path`` is empty, its index 0, and it reads as zeros.
+    """
 
     path: str
     index: int
     name: str
+
+    @property
+    def missing(self) -> bool:
+        """The scene has no file for this band (it reads as zeros)."""
+        return not self.path
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,12 @@ class Scene:
     @property
     def files(self) -> tuple[str, ...]:
         """Distinct files the scene reads, in band order."""
-        return tuple(dict.fromkeys(b.path for b in self.bands))
+        return tuple(dict.fromkeys(b.path for b in self.bands if not b.missing))
+
+    @property
+    def missing_bands(self) -> tuple[str, ...]:
+        """Bands this scene has no file for (read as zeros; training scenes only)."""
+        return tuple(b.name for b in self.bands if b.missing)
 
     @property
     def pixel_size(self) -> float:
@@ -224,13 +238,18 @@ def _resolve(
 
 
 def open_scene(
-    path: str | Path, model_bands: Sequence[str], bands_flag: Sequence[str] | None = None
+    path: str | Path, model_bands: Sequence[str], bands_flag: Sequence[str] | None = None,
+    *, allow_missing: bool = False,
 ) -> Scene:
     """Open and validate a scene for a model that takes ``model_bands``.
 
     ``path`` is a raster file (any band count), a GDAL virtual path (``/vsi...``, taken
     as given) or a directory of single-band files whose names contain band names
     (``B02``...). Only metadata is read here.
+
+    With ``allow_missing`` (for training on band directories that lack some bands), a
+    band with no file in the directory reads as zeros instead of failing; at least one
+    of the model's bands must be there.
 
     Raises:
         InputError: the path is missing, not a raster, not georeferenced, or its bands
@@ -244,7 +263,7 @@ def open_scene(
         if not p.exists():
             raise InputError(p, "no such file or directory")
         if p.is_dir():
-            return _open_band_dir(p, model_bands, bands_flag)
+            return _open_band_dir(p, model_bands, bands_flag, allow_missing)
         name, text = p.stem, str(p)
     src = _open(text)
     with src:
@@ -270,7 +289,7 @@ def open_scene(
 
 
 def _open_band_dir(
-    p: Path, model_bands: Sequence[str], bands_flag: Sequence[str] | None
+    p: Path, model_bands: Sequence[str], bands_flag: Sequence[str] | None, allow_missing: bool = False
 ) -> Scene:
     files = sorted(
         f for f in p.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES
@@ -278,6 +297,14 @@ def _open_band_dir(
     if not files:
         raise InputError(p, "directory holds no raster files (.tif/.tiff/.jp2)")
     pairs = [(band_name_in(f.name), str(f)) for f in files]
+    if allow_missing and not bands_flag:
+        have = {n for n, _ in pairs if n}
+        present = [b for b in model_bands if b.upper() in have]
+        if present and len(present) < len(model_bands):
+            part = open_band_files(p.name, str(p), pairs, present)
+            by_name = {b.name: b for b in part.bands}
+            bands = tuple(by_name.get(b) or BandSource("", 0, b) for b in model_bands)
+            return replace(part, bands=bands)
     return open_band_files(p.name, str(p), pairs, model_bands, bands_flag)
 
 
@@ -450,7 +477,8 @@ class SceneReader:
         are read in one call, so a pixel-interleaved block is decoded once.
         """
         window = Window(col_off, row_off, width, height)
-        out = np.empty((len(self.scene.bands), height, width), dtype=np.float32)
+        alloc = np.zeros if self.scene.missing_bands else np.empty
+        out = alloc((len(self.scene.bands), height, width), dtype=np.float32)
         nodata_all: np.ndarray | None = None
         has_nodata = True
         floats = False
@@ -524,6 +552,9 @@ class SceneReader:
         out = np.empty((len(s.bands), h, w), dtype=np.float32)
         nodata_all = np.ones((h, w), dtype=bool)
         for k, band in enumerate(s.bands):
+            if band.missing:
+                out[k] = 0
+                continue
             ds = self._ds[band.path]
             try:
                 with self._lock(band.path), _gdal_env(band.path):
