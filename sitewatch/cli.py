@@ -261,7 +261,10 @@ def _parent_config(init: str | None) -> Path:
               help="Training config (YAML), e.g. configs/kilns-highres.yaml [default with --init: the parent's config].")
 @click.option("--images", "-i", multiple=True, required=True,
               help="Scenes: files, directories or quoted globs; list several after one --images.")
-@click.option("--labels", "-l", multiple=True, required=True, help="Label files: GeoJSON, COCO JSON or a sitewatch review export.")
+@click.option("--labels", "-l", multiple=True, required=True, help="Label files (or quoted globs): GeoJSON, COCO JSON or a sitewatch review export.")
+@click.option("--negatives", multiple=True, metavar="SCENE",
+              help="Scenes known to hold none of the objects (files, directories or quoted globs): their "
+                   "background, and the model's false alarms on it, train the model to stay quiet there.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. --set train.epochs=5.")
 @click.option("--epochs", type=int, default=None, help="Same as --set train.epochs=N.")
@@ -277,7 +280,8 @@ def _parent_config(init: str | None) -> Path:
                    "classes matched by name; e.g. fine-tune vessels-s2 on reviewed candidates.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished training run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
-def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], labels: tuple[str, ...], out: Path, sets: tuple[str, ...],
+def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], labels: tuple[str, ...],
+          negatives: tuple[str, ...], out: Path, sets: tuple[str, ...],
           epochs: int | None, device: str | None, name: str | None, labels_crs: str | None, skip_bad_labels: bool,
           coco_image: tuple[str, ...], bands: str | None, workers: int | None, init: str | None, resume: bool,
           overwrite: bool) -> None:
@@ -312,7 +316,7 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
     try:
         res = run_training(cfg, [*images, *more_images], list(labels), out, bands=_bands(bands), coco_bind=_bind(coco_image),
                            resume=resume, overwrite=overwrite, workers=workers, progress=progress, command=command,
-                           init=init)
+                           init=init, negatives=negatives)
     except KeyboardInterrupt:
         progress.close()
         saved = (out / "checkpoints" / "last.pt").is_file()
@@ -408,6 +412,8 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
     (--iou) and, separately, by centre distance in metres (--distance-m). Writes
     metrics.json, pr_curve.png, false_positives.geojson and false_negatives.geojson
     (under the --primary criterion) and the detection run in OUT/detections.
+    Where scenes overlap (tiles cut with overlap, one place on several dates), it
+    also gives figures by place, each object counted once ("places" in metrics.json).
     """
     _model_command()
     _say(f"evaluate: loading model {model}")
@@ -447,6 +453,13 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
         t, c = best
         click.echo(f"best F1 over score thresholds ({settings.describe(primary)}): {c.f1:.3f} at {t:.2f} "
                    f"(P {c.precision:.3f}, R {c.recall:.3f}); see by_threshold in metrics.json")
+    for cls, pm in report.places.items():
+        per_scene_labels = report.per_class[cls]["distance"].labels
+        if pm.labels != per_scene_labels or pm.detections != report.per_class[cls]["distance"].detections_ranked:
+            c = pm.counts
+            click.echo(f"by place ({cls}; overlapping scenes merged, each object once; centre distance <= "
+                       f"{settings.distance_m:g} m): {pm.labels} objects, tp {c.tp} fp {c.fp} fn {c.fn}, "
+                       f"P {c.precision:.3f} R {c.recall:.3f} F1 {c.f1:.3f}")
     problems = report.meta["labels"]["problems"]
     if problems:
         click.echo(f"sitewatch: warning: left out {len(problems)} unusable label(s); see {out / 'metrics.json'}", err=True)

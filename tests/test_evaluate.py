@@ -271,3 +271,27 @@ def test_threshold_sweep_pools_classes_and_scenes() -> None:
     t, best = report.best_threshold("iou")
     assert best.f1 == max(c.f1 for c in report.by_threshold["iou"].values())
     assert json.loads(json.dumps(report.to_dict()))["by_threshold"]["iou"]["0.50"]["tp"] == at_half.tp
+
+
+def test_by_place_counts_an_object_in_two_overlapping_scenes_once() -> None:
+    """Scene ``b`` is ``a`` shifted 50 px east: the object at a's column 300 is b's column 250."""
+    a = _scene("a")
+    b = Scene(name="b", source="/data/b.tif", bands=(), width=1000, height=1000, crs_wkt=UTM33,
+              transform=(10.0, 0.0, 500_500.0, 0.0, -10.0, 4_800_000.0), dtype="uint16", nodata=None)
+    results = [
+        # a: finds the shared object (0.9) and a false alarm (0.8); b: the shared object again (0.7)
+        (a, _dets(a, [((300, 300, 310, 310), 0.9, K), ((700, 100, 710, 110), 0.8, K)])),
+        # b: the shared object, and the false alarm seen again 1 px off (one false place, not two)
+        (b, _dets(b, [((251, 300, 261, 310), 0.7, K), ((651, 100, 661, 110), 0.6, K)])),
+    ]
+    # labels: the shared object in both scenes, and one only b covers (missed)
+    truth = [_labels(a, [((300, 300, 310, 310), K)]), _labels(b, [((250, 300, 260, 310), K), ((900, 900, 910, 910), K)])]
+    r = evaluate(results, truth, CLASSES, EvalSettings(distance_m=30.0), threshold=0.5)
+    per_scene = r.per_class["kiln"]["distance"]
+    assert (per_scene.counts.tp, per_scene.counts.fp, per_scene.counts.fn, per_scene.labels) == (2, 2, 1, 3)
+    place = r.places["kiln"]
+    assert (place.counts.tp, place.counts.fp, place.counts.fn, place.labels, place.detections) == (1, 1, 1, 2, 2)
+    # the sweep: above 0.8 only the shared object is found
+    assert place.by_threshold[0.85].as_dict()["fp"] == 0 and place.by_threshold[0.85].as_dict()["tp"] == 1
+    assert r.to_dict()["places"]["kiln"]["labels"] == 2
+    assert r.places["vessel"].labels == 0

@@ -339,3 +339,17 @@ def test_read_tiles_fails_only_the_tiles_a_damaged_block_touches(make_geotiff, t
         together = [not isinstance(r, InputError) for _, r in reader.read_tiles(grid.tiles())]
     assert together == one_by_one
     assert any(together) and not all(together)
+
+
+def test_colour_names_and_sentinel2_names_are_the_same_bands(tmp_path, make_geotiff):
+    """A true-colour render (descriptions red, green, blue) and a band directory (B04, B03, B02)
+    both open for a model of either naming, in the model's order."""
+    render = make_geotiff(16, 16, bands=3, descriptions=("red", "green", "blue"))
+    scene = open_scene(render, ("B04", "B03", "B02"))
+    assert [b.index for b in scene.bands] == [1, 2, 3]
+    scene = open_scene(render, ("blue", "green", "red"))
+    assert [b.index for b in scene.bands] == [3, 2, 1]
+    d = _band_dir(tmp_path, make_geotiff, ["B02", "B03", "B04"])
+    scene = open_scene(d, ("red", "green", "blue"))
+    assert [Path(b.path).name for b in scene.bands] == [S2_NAME.format(band=b) for b in ("B04", "B03", "B02")]
+    assert open_scene(render, ("B04", "B03", "B02"), ["red", "green", "blue"]).bands == open_scene(render, ("B04", "B03", "B02")).bands

@@ -272,3 +272,20 @@ def test_a_band_directory_lacking_a_band_trains_only_when_asked(data: dict[str, 
     res = run_training(cfg, images, [str(data["labels"])], tmp_path / "m", workers=1)
     assert res.label_counts["positives"] == 14
     assert "missing_bands" in (tmp_path / "m" / "config.yaml").read_text()
+
+
+def test_negative_scenes_give_background_windows_and_never_validate(data: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "negatives" / "quiet.tif"
+    empty.parent.mkdir()
+    make_scene(empty, seed=301, width=192, height=192, origin=(700_000.0, 4_800_000.0), n_vessels=0, n_kilns=0)
+    cfg = load_config(data["config"], [parse_override("chips.negative_scene_windows=5")])
+    out = tmp_path / "m"
+    run_training(cfg, [str(data["scenes"])], [str(data["labels"])], out, workers=1, negatives=[str(empty.parent / "*.tif")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    card = (out / "model_card.md").read_text()
+    assert "`quiet` (negatives (object-free)): 0 labels" in card
+    run_training(cfg, [str(data["scenes"])], [str(data["labels"])], tmp_path / "plain", workers=1)
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert metrics["windows"]["train"] == plain["windows"]["train"] + 5
+    assert metrics["windows"]["validation"] == plain["windows"]["validation"]
+    assert "quiet" not in card.split("validation:")[-1].split(")")[0]

@@ -119,11 +119,16 @@ def _anchor_windows(points: np.ndarray, classes: np.ndarray, scene: int, size: i
 
 
 def plan_windows(
-    truth: Sequence[SceneLabels], regions: Sequence[Region], window: int, negatives_per_scene: int,
+    truth: Sequence[SceneLabels], regions: Sequence[Region], window: int, negatives_per_scene: int | Sequence[int],
     val_tile: int, seed: int,
 ) -> tuple[list[Window], list[Window]]:
-    """Training and validation windows of every scene (nothing is read)."""
+    """Training and validation windows of every scene (nothing is read).
+
+    ``negatives_per_scene`` is one number for every scene, or one per scene.
+    """
     rng = np.random.default_rng(seed)
+    per_scene = ([negatives_per_scene] * len(truth) if isinstance(negatives_per_scene, int)
+                 else list(negatives_per_scene))
     train: list[Window] = []
     val: list[Window] = []
     for si, (sl, region) in enumerate(zip(truth, regions, strict=True)):
@@ -137,7 +142,7 @@ def plan_windows(
             train += _anchor_windows(negs[keep], np.full(int(keep.sum()), -1), si, window, "hard")
             tiles = [t for t in TileGrid(sc.width, sc.height, window, window // 4).tiles()
                      if not region.mask(Window(si, t.col_off, t.row_off, window, "")).all()]
-            pick = rng.permutation(len(tiles))[:negatives_per_scene]
+            pick = rng.permutation(len(tiles))[: per_scene[si]]
             train += [Window(si, tiles[i].col_off, tiles[i].row_off, window, "background") for i in sorted(pick)]
         if region.any_val:
             grid = TileGrid(sc.width, sc.height, val_tile, val_tile // 4)
@@ -196,7 +201,7 @@ def read_chips(
 
 def build_chips(
     truth: Sequence[SceneLabels], regions: Sequence[Region], norm: Normalisation, band_names: Sequence[str],
-    window: int, negatives_per_scene: int, val_tile: int, seed: int, workers: int = 1,
+    window: int, negatives_per_scene: int | Sequence[int], val_tile: int, seed: int, workers: int = 1,
     windows_per_task: int = 32, on_chips: Callable[[int], None] | None = None, scheduler: Any = None,
 ) -> tuple[list[Chip], list[Chip]]:
     """Plan and read every training and validation window with Dask (local threads by default).

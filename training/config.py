@@ -119,6 +119,8 @@ class ChipsConfig(_Section):
     hard_fraction: float = Field(0.25, ge=0, le=1, validate_default=True)
     #: Most background windows read per scene (from the tile grid, at random).
     negatives_per_scene: int = Field(64, ge=0)
+    #: Background windows read from each object-free scene given with ``--negatives``.
+    negative_scene_windows: int = Field(256, ge=1)
     #: ``zero``: a band directory that lacks some of the model's bands still trains, its
     #: missing bands read as zeros (pair with ``augment.band_dropout``); ``error``: refuse it.
     missing_bands: Literal["error", "zero"] = "error"

@@ -173,6 +173,31 @@ class Miss:
     score: float | None = None
 
 
+@dataclass(frozen=True)
+class PlaceMetrics:
+    """Figures of one class by place: overlapping scenes merged, each object counted once.
+
+    Tiles cut with overlap, or scenes of one place on several dates, show an object more
+    than once; per-scene figures count it in each. Here every label and detection is
+    taken to lon/lat, labels closer than half the match distance are one object, and
+    detections closer than the match distance are one (its best score), before matching
+    by centre distance.
+    """
+
+    counts: Counts
+    #: Distinct labelled objects.
+    labels: int
+    #: Distinct detections (any score).
+    detections: int
+    #: Score threshold -> counts (the sweep, as :attr:`EvalReport.by_threshold`).
+    by_threshold: dict[float, Counts]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe figures."""
+        return {**self.counts.as_dict(), "labels": self.labels, "detections": self.detections,
+                "by_threshold": {f"{t:.2f}": c.as_dict() for t, c in self.by_threshold.items()}}
+
+
 @dataclass
 class EvalReport:
     """The outcome of :func:`evaluate`."""
@@ -194,6 +219,8 @@ class EvalReport:
     false_negatives: dict[str, list[Miss]]
     #: criterion -> score threshold -> counts over every class and scene (to choose a threshold).
     by_threshold: dict[str, dict[float, Counts]] = field(default_factory=dict)
+    #: class -> figures by place (centre distance, overlapping scenes merged).
+    places: dict[str, PlaceMetrics] = field(default_factory=dict)
     #: Provenance added by :func:`run_evaluation` (model, inputs, labels); JSON-safe.
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -243,6 +270,7 @@ class EvalReport:
             ],
             "pr_curves": {c: {crit: curve.to_dict() for crit, curve in v.items()} for c, v in self.curves.items()},
             "by_threshold": {crit: {f"{t:.2f}": c.as_dict() for t, c in v.items()} for crit, v in self.by_threshold.items()},
+            "places": {c: m.to_dict() for c, m in self.places.items()},
             **self.meta,
         }
 
@@ -298,6 +326,44 @@ def _pair(scene: Scene, dets: dict[str, np.ndarray], truth: SceneLabels, n_class
             "distance": match_centres(det_xy[d], scores[d], gt_xy[g], settings.distance_m),
         }
         out.append(_Pairing(scene, k, scores[d], d, g, matches))
+    return out
+
+
+def _distinct(xy: np.ndarray, order: np.ndarray, radius: float) -> np.ndarray:
+    """Rows of ``xy`` kept, in ``order``, when each is farther than ``radius`` from every row kept before it."""
+    kept: list[int] = []
+    for i in order:
+        if not kept or np.hypot(*(xy[kept] - xy[i]).T).min() > radius:
+            kept.append(int(i))
+    return np.array(kept, dtype=np.int64)
+
+
+def _places(
+    results: Sequence[tuple[Scene, dict[str, np.ndarray]]], truth: Sequence[SceneLabels], n_classes: int,
+    distance_m: float, threshold: float,
+) -> list[PlaceMetrics]:
+    """Per class, :class:`PlaceMetrics`: detections and labels of every scene pooled by place."""
+    det_ll, det_scores, det_cls, gt_ll, gt_cls = [], [], [], [], []
+    for (scene, dets), t in zip(results, truth, strict=True):
+        det_ll.append(np.asarray(dets["centre_lonlat"], dtype=float).reshape(-1, 2))
+        det_scores.append(np.asarray(dets["scores"], dtype=float))
+        det_cls.append(np.asarray(dets["labels"], dtype=np.int64))
+        gt_ll.append(_label_lonlat(scene, np.asarray(t.boxes, dtype=float).reshape(-1, 4))[1].reshape(-1, 2))
+        gt_cls.append(np.asarray(t.labels, dtype=np.int64))
+    dll, dsc, dcl = np.concatenate(det_ll), np.concatenate(det_scores), np.concatenate(det_cls)
+    gll, gcl = np.concatenate(gt_ll), np.concatenate(gt_cls)
+    both = np.concatenate([dll, gll])
+    lon0, lat0 = (float(np.mean(both[:, 0])), float(np.mean(both[:, 1]))) if len(both) else (0.0, 0.0)
+    out = []
+    for k in range(n_classes):
+        dxy = local_metres(dll[dcl == k, 0], dll[dcl == k, 1], lon0, lat0).reshape(-1, 2)
+        scores = dsc[dcl == k]
+        gxy = local_metres(gll[gcl == k, 0], gll[gcl == k, 1], lon0, lat0).reshape(-1, 2)
+        d = _distinct(dxy, np.argsort(-scores, kind="stable"), distance_m)
+        g = _distinct(gxy, np.arange(len(gxy)), distance_m / 2)
+        m = match_centres(dxy[d], scores[d], gxy[g], distance_m)
+        sweep = {t: counts_at(m, scores[d], len(g), t) for t in SWEEP}
+        out.append(PlaceMetrics(counts_at(m, scores[d], len(g), threshold), len(g), len(d), sweep))
     return out
 
 
@@ -394,7 +460,10 @@ def evaluate(
 
     sweep = {crit: {t: sum((counts_at(p.matches[crit], p.scores, len(p.label_rows), t) for ps in pairings for p in ps),
                            Counts(0, 0, 0)) for t in SWEEP} for crit in CRITERIA}
+    places = _places(results, [by_source[scene.source] for scene, _ in results], len(classes), settings.distance_m,
+                     threshold) if results else []
     return EvalReport(
+        places=dict(zip(classes, places, strict=True)),
         by_threshold=sweep,
         classes=classes,
         settings=settings,

@@ -33,7 +33,7 @@ from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec, load_che
 from sitewatch.imagery.models.registry import CHECKPOINT_NAME, resolve_model
 from sitewatch.imagery.scenes.georef import ground_pixel_m
 from sitewatch.imagery.scenes.normalise import Normalisation
-from sitewatch.imagery.scenes.scene import RASTER_SUFFIXES, Scene, band_name_in, open_scene
+from sitewatch.imagery.scenes.scene import RASTER_SUFFIXES, Scene, band_name_in, canonical_band, open_scene
 from sitewatch.training.chips import Region, build_chips
 from sitewatch.training.config import Config, config_dict
 from sitewatch.training.dataset import Augment, ChipSampler
@@ -120,8 +120,9 @@ def expand_images(items: Sequence[str], bands: Sequence[str], allow_missing: boo
                 if not rasters:
                     raise InputError(p, "directory holds no raster files (.tif/.tiff/.jp2)")
                 named = [band_name_in(f.name) for f in rasters]
-                by_band = all(named) and len(set(named)) == len(named) and set(bands) & set(named)
-                lacking = [b for b in bands if b not in named]
+                wanted = [canonical_band(b) for b in bands]
+                by_band = all(named) and len(set(named)) == len(named) and set(wanted) & set(named)
+                lacking = [b for b, w in zip(bands, wanted, strict=True) if w not in named]
                 if by_band and lacking and not allow_missing:
                     raise BandError(p, f"has no {', '.join(lacking)} (the model takes {', '.join(bands)}); "
                                     "to train on it with zeros in their place, set chips.missing_bands: zero "
@@ -132,6 +133,24 @@ def expand_images(items: Sequence[str], bands: Sequence[str], allow_missing: boo
                     out += [str(f) for f in rasters]
             else:
                 out.append(str(p))
+    return list(dict.fromkeys(out))
+
+
+def expand_label_files(items: Sequence[str]) -> list[str]:
+    """Label file paths, with quoted globs (``'kilns/*/labels.geojson'``) expanded in sorted order.
+
+    Raises:
+        InputError: a glob matches nothing.
+    """
+    out: list[str] = []
+    for item in items:
+        if any(ch in str(item) for ch in "*?["):
+            matches = sorted(glob.glob(str(item)))
+            if not matches:
+                raise InputError(item, "matches no label files; check the path or the glob")
+            out += matches
+        else:
+            out.append(str(item))
     return list(dict.fromkeys(out))
 
 
@@ -356,12 +375,18 @@ def run_training(
     progress: Progress | None = None,
     command: str = "sitewatch train",
     init: str | Path | None = None,
+    negatives: Sequence[str] = (),
 ) -> TrainResult:
     """Train a model from scenes and labels as ``cfg`` says; write the model directory ``out``.
 
     ``init`` (a shipped model name or a path) starts from that model's weights instead of
     ``cfg``'s initialisation (:mod:`sitewatch.training.init`): the same architecture and bands,
     classes matched by name.
+
+    ``negatives`` are scenes known to hold none of the model's objects (files, directories
+    or globs, as ``images``): each gives ``chips.negative_scene_windows`` background windows
+    to training (never validation), and the model's false positives on them become hard
+    negatives when mining. Labels are not looked for in them.
 
     Raises:
         SitewatchError: bad scenes, labels (unless ``labels.skip_problems``), config or output
@@ -374,6 +399,7 @@ def run_training(
         raise UsageError("--images: name at least one scene (file, directory or glob)")
     if not labels:
         raise UsageError("--labels: name at least one label file (GeoJSON or COCO JSON)")
+    labels = expand_label_files(labels)
     m = cfg.model
     parent = _parent(init, m) if init is not None else None
     zero_fill = cfg.chips.missing_bands == "zero"
@@ -392,6 +418,12 @@ def run_training(
     if sum(len(t.boxes) for t in truth) == 0:
         raise InputError(labels[0], "no usable labels fall in the given images; check the label CRS and the images")
     regions = make_regions(truth, cfg)
+    neg_paths = [p for p in expand_images(negatives, m.bands, zero_fill) if p not in paths] if negatives else []
+    neg_scenes = [open_scene(p, m.bands, bands, allow_missing=zero_fill) for p in neg_paths]
+    n_labelled = len(truth)
+    truth = [*truth, *(SceneLabels(sc, np.zeros((0, 4)), np.zeros(0, np.int64)) for sc in neg_scenes)]
+    regions = [*regions, *(Region(None, 1.0, False) for _ in neg_scenes)]
+    background = [cfg.chips.negatives_per_scene] * n_labelled + [cfg.chips.negative_scene_windows] * len(neg_scenes)
     device = _device(cfg.train.device)
     threads = cfg.train.threads or (os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -400,6 +432,8 @@ def run_training(
     state: dict[str, Any] | None = None
     cfg_doc = config_dict(cfg)
     inputs_doc = {"images": [str(Path(p).resolve()) for p in paths], "labels": [str(Path(p).resolve()) for p in labels]}
+    if neg_paths:
+        inputs_doc["negatives"] = [str(Path(p).resolve()) for p in neg_paths]
     if parent is not None:
         inputs_doc["init"] = parent.checksum
     if resume:
@@ -416,7 +450,7 @@ def run_training(
     window = int(math.ceil(chip * (1 + cfg.augment.scale) * 1.25 / 16) * 16)
     norm = Normalisation(**m.normalisation.model_dump())
     prog.stage("reading chips", None)
-    train_chips, val_chips = build_chips(truth, regions, norm, m.bands, window, cfg.chips.negatives_per_scene,
+    train_chips, val_chips = build_chips(truth, regions, norm, m.bands, window, background,
                                          m.tile_size, cfg.split.seed, workers=workers, on_chips=prog.advance)
     if not train_chips:
         raise InputError(paths[0], "no training windows: every labelled scene went to validation; lower split.val_fraction")
@@ -530,6 +564,9 @@ def run_training(
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     spec = _spec(cfg, float(threshold), created)
     roles = ["validation" if r.all_val else ("train + validation blocks" if r.blocks is not None else "train") for r in regions]
+    roles[n_labelled:] = ["negatives (object-free)"] * len(neg_scenes)
+    roles = [f"{role}; no {', '.join(t.scene.missing_bands)}: zeros" if t.scene.missing_bands else role
+             for role, t in zip(roles, truth, strict=True)]
     split = ("none" if not any(r.any_val for r in regions) else
              ("spatial blocks of " + f"{cfg.split.block_m:g} m" if any(r.blocks is not None for r in regions) else "whole scenes")
              + f" (validation: {', '.join(t.scene.name for t, r in zip(truth, regions, strict=True) if r.any_val)})")

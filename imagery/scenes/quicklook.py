@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.scenes.scene import canonical_band
 
 #: Percentiles of the quick-look stretch.
 STRETCH = (2.0, 98.0)
@@ -21,7 +22,7 @@ STRETCH = (2.0, 98.0)
 def rgb_bands(band_names: Sequence[str]) -> list[int]:
     """Indexes of the bands to show as red, green, blue: B04, B03, B02 when all three are
     there, else the first three bands, else the first band three times (grey)."""
-    upper = [str(b).upper() for b in band_names]
+    upper = [canonical_band(str(b)) for b in band_names]
     if all(b in upper for b in ("B04", "B03", "B02")):
         return [upper.index("B04"), upper.index("B03"), upper.index("B02")]
     return [0, 1, 2] if len(upper) >= 3 else [0, 0, 0]

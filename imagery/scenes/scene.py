@@ -39,6 +39,10 @@ from sitewatch.imagery.scenes.tiling import Tile
 #: Sentinel-2 style band names found in file names and band descriptions.
 BAND_PATTERN = re.compile(r"(?<![A-Za-z0-9])(B(?:0[1-9]|1[0-2]|8A))(?![0-9A-Za-z])", re.I)
 
+#: Colour names of the Sentinel-2 10 m bands: a true-colour render's ``red``, ``green``,
+#: ``blue`` bands are B04, B03, B02 (and ``nir`` is B08), so one model reads both.
+BAND_ALIASES = {"RED": "B04", "GREEN": "B03", "BLUE": "B02", "NIR": "B08"}
+
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -109,6 +113,12 @@ class Scene:
         """Mean pixel side in CRS units (metres for projected CRSs)."""
         a = self.affine
         return float(math.sqrt(abs(a.a * a.e - a.b * a.d)))
+
+
+def canonical_band(name: str) -> str:
+    """A band name for matching: upper case, colour names as their Sentinel-2 band (``red`` -> ``B04``)."""
+    upper = name.strip().upper()
+    return BAND_ALIASES.get(upper, upper)
 
 
 def band_name_in(text: str) -> str | None:
@@ -212,22 +222,22 @@ def _resolve(
                     )
                 picks.append(pos)
             else:
-                upper = [n.upper() if n else None for n in names]
-                if item.upper() not in upper:
+                upper = [canonical_band(n) if n else None for n in names]
+                if canonical_band(item) not in upper:
                     raise UsageError(
                         f"--bands {item}: no band of that name in {path} "
                         f"(it has {_describe(names)})"
                     )
-                picks.append(upper.index(item.upper()))
+                picks.append(upper.index(canonical_band(item)))
         return picks
-    upper = [n.upper() if n else None for n in names]
-    if all(w.upper() in upper for w in wanted):
-        return [upper.index(w.upper()) for w in wanted]
+    upper = [canonical_band(n) if n else None for n in names]
+    if all(canonical_band(w) in upper for w in wanted):
+        return [upper.index(canonical_band(w)) for w in wanted]
     # Positional only where no band's own name says otherwise: B05 in B08's place is not B08.
     known = [band_name_in(n) if n else None for n in names]
-    if len(names) == len(wanted) and all(k is None or k == w.upper() for k, w in zip(known, wanted, strict=True)):
+    if len(names) == len(wanted) and all(k is None or k == canonical_band(w) for k, w in zip(known, wanted, strict=True)):
         return list(range(len(wanted)))
-    missing = [w for w in wanted if w.upper() not in upper]
+    missing = [w for w in wanted if canonical_band(w) not in upper]
     raise BandError(
         path,
         f"has {len(names)} band(s) ({_describe(names)}) but the model needs "
@@ -299,7 +309,7 @@ def _open_band_dir(
     pairs = [(band_name_in(f.name), str(f)) for f in files]
     if allow_missing and not bands_flag:
         have = {n for n, _ in pairs if n}
-        present = [b for b in model_bands if b.upper() in have]
+        present = [b for b in model_bands if canonical_band(b) in have]
         if present and len(present) < len(model_bands):
             part = open_band_files(p.name, str(p), pairs, present)
             by_name = {b.name: b for b in part.bands}
