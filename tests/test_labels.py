@@ -348,8 +348,9 @@ def test_skip_problems_keeps_good_labels_and_summary_groups(tmp_path: Path, make
     assert str(err.value) == (
         f"{path}: 5 labels outside every image (feature 4, feature 5, feature 6, and 2 more): "
         f"the 1 scene covers {utm_extent()}; "
-        "1 label of an unknown class (feature 9: class 'ship' (known: vessel, kiln)); "
-        "fix them, or pass --skip-bad-labels to train without them"
+        "1 label of an unknown class (feature 9: class 'ship' (known: vessel, kiln)): "
+        "map label classes to the model's with --class-map ship=vessel (config labels.class_map); "
+        "fix them, or pass --skip-bad-labels to go on without them"
     )
     out = read_labels([path], [scene], opts(skip_problems=True))
     centres = (out.scenes[0].boxes[:, :2] + out.scenes[0].boxes[:, 2:]) / 2

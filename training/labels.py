@@ -105,7 +105,7 @@ REVIEW_STATUSES = {
     "unsure": "unused",
 }
 
-_SKIP_HINT = "fix them, or pass --skip-bad-labels to train without them"
+_SKIP_HINT = "fix them, or pass --skip-bad-labels to go on without them"
 
 #: What to do about lon/lat given as lat, lon.
 _SWAPPED = "coordinates look like lat, lon; GeoJSON is lon, lat: swap the two numbers of each position"
@@ -228,6 +228,12 @@ def read_labels(paths: Sequence[str | Path], scenes: Sequence[Scene], options: L
         if acc.outside_lonlat:
             verb = "covers" if len(scenes) == 1 else "cover"
             hints["outside"] = f"the {_count(len(scenes), 'scene')} {verb} {_scenes_extent(scenes)}"
+        unknown = [m.group(1) for p in result.problems
+                   if p.kind == "unknown-class" and (m := re.match(r"class '([^']*)'", p.detail))]
+        if unknown:
+            # a class named otherwise (ship for vessel): mapping it keeps the labels, skipping drops them
+            hints["unknown-class"] = (f"map label classes to the model's with --class-map {unknown[0]}={options.classes[0]} "
+                                      "(config labels.class_map)")
         summary = problem_summary(result.problems, hints=hints)
         raise LabelError(result.problems[0].source, f"{summary}; {_SKIP_HINT}")
     return result

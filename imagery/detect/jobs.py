@@ -147,7 +147,7 @@ class Job:
             if not discard_other:
                 raise OutputError(
                     f"--out {out}: holds an unfinished job with other inputs, model or settings "
-                    f"({JOB_DIR}); re-run that command to finish it, or pass --overwrite to discard it"
+                    f"({JOB_DIR}); re-run that command to finish it, or pass --overwrite (overwrite=True from Python) to discard it"
                 )
             job.discard()
         try:

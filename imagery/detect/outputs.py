@@ -63,7 +63,8 @@ def check_out_dir(out: Path, overwrite: bool, own_files: tuple[str, ...] = (), *
     if present and not overwrite:
         raise OutputError(
             f"--out {out}: already holds results ({', '.join(present)}); "
-            "pass --overwrite to replace them, --append to add these scenes to them (detect), or choose another directory"
+            "pass --overwrite to replace them, --append to add these scenes to them (detect), or choose another directory "
+            "(from Python: overwrite=True, append=True)"
         )
     if not present:
         others = [p.name for p in out.iterdir()
