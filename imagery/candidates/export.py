@@ -123,15 +123,35 @@ def sites_geojson(sites: Sequence[Site]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (shown as text).
+
+    Only text is changed (notes, reviewer names, scene names); numbers such as a negative
+    longitude are written as numbers, which no spreadsheet evaluates.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def sites_csv(sites: Sequence[Site]) -> str:
-    """CSV text: a header, then one row per site (``scenes`` joined by ``;``)."""
+    """CSV text: a header, then one row per site (``scenes`` joined by ``;``).
+
+    Text cells that start like a formula (``=``, ``+``, ``-``, ``@``, tab, carriage return)
+    get a leading ``'`` (:func:`spreadsheet_safe`), so a note such as ``=HYPERLINK(...)``
+    stays text when the file is opened in a spreadsheet.
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
     for s in sites:
         row = s.properties()
         row["scenes"] = ";".join(s.scenes)
-        w.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
+        w.writerow({k: "" if row[k] is None else spreadsheet_safe(row[k]) for k in CSV_COLUMNS})
     return buf.getvalue()
 
 
