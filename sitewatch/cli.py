@@ -493,11 +493,30 @@ _RUN_DIR = click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Pa
 @click.option("--class", "classes", multiple=True, help="Only sites of this class (repeat for several).")
 @click.option("--sample", "in_sample", is_flag=True, help="Only sites in the review sample of `sitewatch estimate`.")
 @click.option("--limit", type=int, default=None, help="Show at most this many sites.")
-def sites(run_dir: Path, statuses: tuple[str, ...], classes: tuple[str, ...], in_sample: bool, limit: int | None) -> None:
+@click.option("--check", is_flag=True,
+              help="Check that every site's status is its last review in the log; name the sites that differ (exit 3).")
+def sites(run_dir: Path, statuses: tuple[str, ...], classes: tuple[str, ...], in_sample: bool, limit: int | None,
+          check: bool) -> None:
     """List the sites of a run directory's candidate store: id, class, status, date, detections, score, lon/lat."""
     from sitewatch.imagery.candidates.store import CandidateStore
 
     store = CandidateStore.in_run_dir(run_dir)
+    if check:
+        problems = store.check()
+        for p in problems:
+            click.echo(p)
+        if problems:
+            click.echo(f"sitewatch: error: {store.path}: {len(problems)} site(s) whose status is not their last review: "
+                       "the file was edited outside sitewatch; re-review them (sitewatch review) to restore them",
+                       err=True)
+            sys.exit(3)
+        n = len(store.sites())
+        click.echo(f"{store.path}: {n} site(s); every status is its last review in the log, and the log's hash "
+                   "chain holds")
+        head = store.chain_head()
+        if head:
+            click.echo(f"chain head {head}: note it down; a log rewritten later will not end in it")
+        return
     found = store.sites(status=statuses or None, cls=classes or None, in_sample=in_sample, limit=limit)
     for s in found:
         click.echo(f"{s.site_id}  {s.cls}  {s.status:10}  {s.date or s.first_seen or '-':10}  n={s.n_detections:<3d} "

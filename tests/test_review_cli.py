@@ -109,3 +109,27 @@ def test_help_documents_every_option(command):
             assert param.help, param.name
             for opt in param.opts:
                 assert opt in p.stdout, opt
+
+
+def test_sites_check_passes_a_clean_store_and_names_edited_sites(run_dir):
+    import sqlite3
+
+    from sitewatch.imagery.candidates.store import AUDIT_TRIGGERS
+
+    assert _run("review", run_dir, "--site", "kiln-000001", "--status", "rejected", "--reviewer", "ana").returncode == 0
+    ok = _run("sites", run_dir, "--check")
+    assert ok.returncode == 0 and "13 site(s); every status is its last review" in ok.stdout
+    with sqlite3.connect(run_dir / "candidates.gpkg") as con:  # someone drops the triggers and edits in place
+        for name in AUDIT_TRIGGERS:
+            con.execute(f"DROP TRIGGER {name}")
+        con.execute("UPDATE sites SET status = 'confirmed' WHERE site_id = 'kiln-000001'")
+    bad = _run("sites", run_dir, "--check")
+    assert bad.returncode == 3
+    assert bad.stdout.splitlines() == ["site kiln-000001: status 'confirmed' but its last review says 'rejected' "
+                                       f"by ana at {CandidateStore(run_dir / 'candidates.gpkg').reviews()[0].time}"]
+    assert len(bad.stderr.splitlines()) == 1 and "re-review" in bad.stderr
+    for args in (("export", run_dir, "--out", run_dir / "x.geojson"), ("estimate", run_dir)):
+        r = _run(*args)
+        assert r.returncode == 3 and len(r.stderr.splitlines()) == 1 and "sites DIR --check" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (run_dir / "x.geojson").exists()

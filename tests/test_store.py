@@ -14,7 +14,8 @@ import shapely
 from pyogrio.raw import read as ogr_read
 
 from sitewatch.imagery.candidates.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
-from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
+from sitewatch.imagery.candidates.export import export_sites
+from sitewatch.imagery.candidates.store import AUDIT_TRIGGERS, STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
 from sitewatch.imagery.errors import InputError, NotFoundError, UsageError
 
 LON0, LAT0 = 88.40, 22.60
@@ -53,7 +54,7 @@ def test_gdal_reads_the_layers_with_their_geometry_crs_and_rows(tmp_path, add_sc
     assert {"det_id", "scene", "scene_source", "acquired", "class", "score", "lon", "lat", "run_id", "model",
             "model_version", "site_id"} <= fields
     assert set(pyogrio.read_info(store.path, layer="reviews")["fields"]) == {"site_id", "status", "reviewer", "note",
-                                                                              "time"}
+                                                                              "time", "chain"}
     # Geometries and attributes as GDAL decodes them: points at the mean detection centre.
     meta, _, geoms, values = ogr_read(store.path, layer="sites")
     cols = dict(zip(meta["fields"], values, strict=True))
@@ -147,9 +148,88 @@ def test_the_review_log_is_append_only(tmp_path, add_scene):
         for sql in ("UPDATE reviews SET status = 'confirmed'", "DELETE FROM reviews"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 con.execute(sql)
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # e.g. a status typed in QGIS
+        with pytest.raises(sqlite3.IntegrityError, match="follows the review log"):  # e.g. a status typed in QGIS
             con.execute("UPDATE sites SET status = 'maybe'")
     assert [r.status for r in store.reviews()] == ["rejected"]
+
+
+def test_the_review_log_cannot_be_rewritten_or_bypassed_on_the_file(tmp_path, add_scene):
+    """The probes of a hostile edit with the file in hand (sqlite3, QGIS): each is refused."""
+    store = _filled(tmp_path, add_scene)
+    first = store.review("kiln-000001", "rejected", "ana", "a roof")
+    store.review("kiln-000002", "confirmed", "ben")
+    with sqlite3.connect(store.path) as con:
+        # rewrite and back-date a review: REPLACE deletes without firing DELETE triggers
+        for when in ("2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"):
+            with pytest.raises(sqlite3.IntegrityError, match="cannot be reused or replaced|dated before the last one"):
+                con.execute("INSERT OR REPLACE INTO reviews (review_id, site_id, status, reviewer, note, time) "
+                            "VALUES (?, 'kiln-000001', 'confirmed', 'ana', '', ?)", (first.review_id, when))
+        with pytest.raises(sqlite3.IntegrityError, match="cannot be reused or replaced"):
+            con.execute("REPLACE INTO reviews (review_id, site_id, status, reviewer, note, time) "
+                        "VALUES (?, 'kiln-000001', 'confirmed', 'ana', '', '2999-01-01T00:00:00.000Z')", (first.review_id,))
+        with pytest.raises(sqlite3.IntegrityError, match="dated before the last one"):
+            con.execute("INSERT INTO reviews (site_id, status, reviewer, note, time) "
+                        "VALUES ('kiln-000001', 'confirmed', 'ana', '', '2020-01-01T00:00:00.000Z')")
+        with pytest.raises(sqlite3.IntegrityError, match="goes after the last one"):
+            con.execute("INSERT INTO reviews (review_id, site_id, status, reviewer, note, time) "
+                        "VALUES (-5, 'kiln-000001', 'confirmed', 'ana', '', '2999-01-01T00:00:00.000Z')")
+        # change what export and estimate read without a review
+        for sql in ("UPDATE sites SET status = 'confirmed' WHERE site_id = 'kiln-000001'",
+                    "UPDATE sites SET status = 'confirmed', reviewer = 'ana' WHERE site_id = 'kiln-000003'",
+                    "UPDATE sites SET note = 'edited' WHERE site_id = 'kiln-000002'"):
+            with pytest.raises(sqlite3.IntegrityError, match="follows the review log"):
+                con.execute(sql)
+        with pytest.raises(sqlite3.IntegrityError, match="starts unreviewed"):
+            con.execute("INSERT INTO sites (site_id, class, scenes, n_detections, max_score, mean_score, lon, lat, status) "
+                        "VALUES ('kiln-999999', 'kiln', '[]', 1, 0.9, 0.9, 0, 0, 'confirmed')")
+        # what sitewatch itself writes still goes through: detections appended to a site keep its review
+        con.execute("UPDATE sites SET n_detections = n_detections WHERE site_id = 'kiln-000001'")
+    assert [(r.site_id, r.status) for r in store.reviews()] == [("kiln-000001", "rejected"), ("kiln-000002", "confirmed")]
+    assert store.site("kiln-000001").status == "rejected" and store.check() == []
+
+
+def test_a_rewritten_log_breaks_the_hash_chain(tmp_path, add_scene):
+    """Someone with the file drops the triggers and edits a past review: the chain shows it."""
+    store = _filled(tmp_path, add_scene)
+    for site, status in (("kiln-000001", "rejected"), ("kiln-000002", "confirmed"), ("kiln-000001", "unsure")):
+        store.review(site, status, "ana")
+    head = store.chain_head()
+    assert head is not None and len(head) == 64 and store.check() == []
+    with sqlite3.connect(store.path) as con:
+        for name in ("reviews_append_only_update", *AUDIT_TRIGGERS):
+            con.execute(f"DROP TRIGGER {name}")
+        con.execute("UPDATE reviews SET reviewer = 'ben' WHERE review_id = 2")
+    problems = store.check()
+    assert problems[-1] == ("review 2 (site kiln-000002): its chain hash does not follow from the reviews before it: "
+                            "the log was rewritten")
+    assert problems[0].startswith("site kiln-000002: its review ('confirmed' by ana at") and "by ben" in problems[0]
+
+
+def test_check_names_the_sites_whose_status_and_log_disagree(tmp_path, add_scene):
+    """With the triggers dropped (an older sitewatch, or someone with the file), edits are caught
+    by the check; export and estimate refuse the store; opening it restores the triggers."""
+    store = _filled(tmp_path, add_scene)
+    store.review("kiln-000001", "rejected", "ana")
+    with sqlite3.connect(store.path) as con:
+        for name in AUDIT_TRIGGERS:
+            con.execute(f"DROP TRIGGER {name}")
+        con.execute("UPDATE sites SET status = 'confirmed' WHERE site_id IN ('kiln-000001', 'kiln-000002')")
+    problems = store.check()
+    assert problems == ["site kiln-000001: status 'confirmed' but its last review says 'rejected' by ana at "
+                        f"{store.reviews()[0].time}", "site kiln-000002: status 'confirmed' but no review in the log"]
+    with pytest.raises(InputError, match="kiln-000001.*kiln-000002.*sites DIR --check"):
+        store.require_consistent()
+    with pytest.raises(InputError, match="review log disagree"):
+        export_sites(store, tmp_path / "out.geojson")
+    assert not (tmp_path / "out.geojson").exists()
+    reopened = CandidateStore(store.path)
+    with sqlite3.connect(reopened.path) as con:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert set(AUDIT_TRIGGERS) <= names
+    # re-reviewing restores agreement
+    reopened.review("kiln-000001", "confirmed", "ana")
+    reopened.review("kiln-000002", "confirmed", "ana")
+    assert reopened.check() == []
 
 
 def test_sites_filters(tmp_path, add_scene):

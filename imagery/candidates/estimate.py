@@ -281,7 +281,9 @@ def estimate(
 
     Raises:
         UsageError: no sample has been drawn.
+        InputError: the store's site statuses and review log disagree (see :meth:`CandidateStore.check`).
     """
+    store.require_consistent()
     out = []
     with store.read() as con:
         draws = con.execute(

@@ -84,9 +84,11 @@ def export_sites(
     Raises:
         UsageError: a bad format or status.
         OutputError: ``out`` exists (without ``overwrite``) or cannot be written.
+        InputError: the store's site statuses and review log disagree (see :meth:`CandidateStore.check`).
     """
     out = Path(out)
     fmt = export_format(out, fmt)
+    store.require_consistent()
     sites = store.sites(status=list(statuses) if statuses else None, cls=list(classes) if classes else None)
     if out.exists() and (out.is_dir() or not overwrite):
         raise OutputError(f"--out {out}: already exists; pass --overwrite to replace it or choose another file")

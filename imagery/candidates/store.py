@@ -30,6 +30,7 @@ Every write is one ``BEGIN IMMEDIATE`` transaction under a busy timeout, so revi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -91,6 +92,39 @@ _EXTRA_SCHEMA = (
     "CREATE TRIGGER reviews_append_only_delete BEFORE DELETE ON reviews "
     "BEGIN SELECT RAISE(ABORT, 'reviews is an append-only log: add a new review instead'); END",
 )
+#: Triggers that keep the review log the only source of a site's review (added to older stores
+#: when they are opened). ``INSERT OR REPLACE`` deletes the row it replaces without firing
+#: DELETE triggers, so an INSERT trigger refuses an id that is taken; a review may not be
+#: dated before the last one; and ``sites.status``, ``reviewer``, ``reviewed_at`` and ``note``
+#: may only be set to the site's last review (which is what :meth:`CandidateStore.review` does).
+AUDIT_TRIGGERS = {
+    # (in a BEFORE INSERT trigger an id left to AUTOINCREMENT reads -1, which no row has)
+    "reviews_no_replace":
+        "CREATE TRIGGER reviews_no_replace BEFORE INSERT ON reviews "
+        "WHEN EXISTS (SELECT 1 FROM reviews WHERE review_id = NEW.review_id) "
+        "BEGIN SELECT RAISE(ABORT, 'reviews is an append-only log: a review id cannot be reused or replaced'); END",
+    "reviews_at_the_end":
+        "CREATE TRIGGER reviews_at_the_end AFTER INSERT ON reviews "
+        "WHEN NEW.review_id <= 0 OR NEW.review_id < (SELECT max(review_id) FROM reviews) "
+        "BEGIN SELECT RAISE(ABORT, 'reviews is an append-only log: a review goes after the last one'); END",
+    "reviews_no_backdating":
+        "CREATE TRIGGER reviews_no_backdating BEFORE INSERT ON reviews "
+        "WHEN NEW.time < (SELECT max(time) FROM reviews) "
+        "BEGIN SELECT RAISE(ABORT, 'reviews is an append-only log: a review cannot be dated before the last one'); END",
+    "sites_status_follows_log":
+        "CREATE TRIGGER sites_status_follows_log BEFORE UPDATE OF status, reviewer, reviewed_at, note ON sites "
+        "WHEN NOT EXISTS (SELECT 1 FROM reviews r WHERE r.review_id = "
+        "(SELECT max(review_id) FROM reviews WHERE site_id = NEW.site_id) AND r.status = NEW.status "
+        "AND r.reviewer IS NEW.reviewer AND r.time IS NEW.reviewed_at AND coalesce(r.note, '') = coalesce(NEW.note, '')) "
+        "AND NOT (NEW.status = 'unreviewed' AND NEW.reviewer IS NULL AND NEW.reviewed_at IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM reviews WHERE site_id = NEW.site_id)) "
+        "BEGIN SELECT RAISE(ABORT, 'sites.status follows the review log: record a review "
+        "(sitewatch review DIR --site ID --status S) instead of editing the site'); END",
+    "sites_start_unreviewed":
+        "CREATE TRIGGER sites_start_unreviewed BEFORE INSERT ON sites "
+        "WHEN NEW.status IS NOT 'unreviewed' OR NEW.reviewer IS NOT NULL "
+        "BEGIN SELECT RAISE(ABORT, 'a new site starts unreviewed: record a review to change it'); END",
+}
 
 
 @dataclass(frozen=True)
@@ -273,6 +307,29 @@ class CandidateStore:
             raise InputError(self.path, f"cannot be read as a GeoPackage ({exc}); is it a candidate store?") from None
         if not ok:
             raise InputError(self.path, "is not a sitewatch candidate store (no detections, sites and reviews layers)")
+        self._add_audit_triggers()
+
+    def _add_audit_triggers(self) -> None:
+        """Give a store made by an older sitewatch the review log's triggers (a no-op when present).
+
+        A store on a read-only medium is left as it is; its :meth:`check` still works.
+        """
+        with contextlib.closing(self._connect()) as con:
+            have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            missing = [sql for name, sql in AUDIT_TRIGGERS.items() if name not in have]
+            no_chain = "chain" not in {r[1] for r in con.execute("PRAGMA table_info(reviews)")}
+            if not missing and not no_chain:
+                return
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                if no_chain:  # reviews recorded before are not chained; the chain starts at the next one
+                    con.execute("ALTER TABLE reviews ADD COLUMN chain TEXT")
+                for sql in missing:
+                    con.execute(sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1))
+                con.execute("COMMIT")
+            except sqlite3.Error:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
 
     @classmethod
     def create(cls, path: str | Path, *, timeout: float = BUSY_TIMEOUT_S) -> CandidateStore:
@@ -477,14 +534,83 @@ class CandidateStore:
                 return self.review(site_id, status, reviewer, note, con=own)
         if con.execute("SELECT 1 FROM sites WHERE site_id = ?", (site_id,)).fetchone() is None:
             raise NotFoundError(f"site {site_id!r}: no such site in {self.path}; list them with sitewatch sites DIR")
-        when = now_iso()
-        cur = con.execute("INSERT INTO reviews (site_id, status, reviewer, note, time) VALUES (?, ?, ?, ?, ?)",
-                          (site_id, status, reviewer.strip(), note, when))
+        # never before the last review (a clock set back must not make the log run backwards)
+        last = con.execute("SELECT max(time) FROM reviews").fetchone()[0]
+        when = max(now_iso(), last or "")
+        prev = con.execute("SELECT chain FROM reviews ORDER BY review_id DESC LIMIT 1").fetchone()
+        chain = chain_hash(prev[0] if prev else None, site_id, status, reviewer.strip(), note, when)
+        cur = con.execute("INSERT INTO reviews (site_id, status, reviewer, note, time, chain) VALUES (?, ?, ?, ?, ?, ?)",
+                          (site_id, status, reviewer.strip(), note, when, chain))
         con.execute("UPDATE sites SET status = ?, reviewer = ?, reviewed_at = ?, note = ? WHERE site_id = ?",
                     (status, reviewer.strip(), when, note, site_id))
         touch(con, "reviews")
         touch(con, "sites")
         return Review(int(cur.lastrowid or 0), site_id, status, reviewer.strip(), note, when)
+
+    def check(self, con: sqlite3.Connection | None = None) -> list[str]:
+        """Problems with the review log: each site whose status differs from its last review, by name.
+
+        Returns one line per problem (empty: the store's statuses and log agree). The
+        store's triggers refuse such edits; this finds those made where the triggers were
+        dropped or missing (an older sitewatch, a tool that rewrote the file).
+        """
+        with self.read(con) as c:
+            rows = c.execute(
+                "SELECT s.site_id, s.status, s.reviewer, s.reviewed_at, coalesce(s.note, ''), "
+                "r.status, r.reviewer, r.time, coalesce(r.note, '') FROM sites s LEFT JOIN reviews r ON r.review_id = "
+                "(SELECT max(review_id) FROM reviews WHERE site_id = s.site_id) ORDER BY s.site_id").fetchall()
+            orphans = c.execute("SELECT DISTINCT site_id FROM reviews WHERE site_id NOT IN (SELECT site_id FROM sites) "
+                                "ORDER BY site_id").fetchall()
+        problems = []
+        for site_id, status, reviewer, at, note, r_status, r_reviewer, r_time, r_note in rows:
+            if r_status is None:
+                if status != "unreviewed" or reviewer is not None:
+                    problems.append(f"site {site_id}: status {status!r} but no review in the log")
+            elif (status, reviewer, at, note) != (r_status, r_reviewer, r_time, r_note):
+                said = f"{r_status!r} by {r_reviewer} at {r_time}"
+                if status != r_status:
+                    problems.append(f"site {site_id}: status {status!r} but its last review says {said}")
+                else:
+                    problems.append(f"site {site_id}: its review ({status!r} by {reviewer} at {at}) is not its last "
+                                    f"review in the log ({said})")
+        problems += [f"reviews of site {r[0]}: no such site" for r in orphans]
+        problems += self._check_chain(con)
+        return problems
+
+    def _check_chain(self, con: sqlite3.Connection | None = None) -> list[str]:
+        """Reviews whose chain hash is not that of their content and the review before them."""
+        with self.read(con) as c:
+            rows = c.execute("SELECT review_id, site_id, status, reviewer, coalesce(note, ''), time, chain "
+                             "FROM reviews ORDER BY review_id").fetchall()
+        prev: str | None = None
+        for review_id, site_id, status, reviewer, note, when, chain in rows:
+            if chain is None and prev is None:  # recorded before the store had a chain
+                continue
+            if chain != chain_hash(prev, site_id, status, reviewer, note, when):
+                return [f"review {review_id} (site {site_id}): its chain hash does not follow from the reviews "
+                        "before it: the log was rewritten"]
+            prev = chain
+        return []
+
+    def chain_head(self) -> str | None:
+        """The chain hash of the last review (``None`` before any): note it down (a ticket, an e-mail)
+        to detect later a log rewritten by someone with the file (:meth:`check` then fails, or the head differs)."""
+        with self.read() as c:
+            row = c.execute("SELECT chain FROM reviews ORDER BY review_id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def require_consistent(self) -> None:
+        """:meth:`check`, raising when it finds anything.
+
+        Raises:
+            InputError: the statuses and the review log disagree (names the sites).
+        """
+        problems = self.check()
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise InputError(self.path, f"site statuses and the review log disagree ({shown}): the file was edited "
+                                        "outside sitewatch; see sitewatch sites DIR --check, and re-review those sites "
+                                        "(sitewatch review) to restore them")
 
     # --- reading ------------------------------------------------------------------------
 
@@ -659,6 +785,12 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+def chain_hash(prev: str | None, site_id: str, status: str, reviewer: str, note: str, time: str) -> str:
+    """SHA-256 (hex) of the previous review's chain hash and this review's content."""
+    doc = json.dumps([prev or "", site_id, status, reviewer, note or "", time], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+
 def _tables(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -669,7 +801,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
     add_features_table(con, "site_footprints", "POLYGON", ("site_id TEXT NOT NULL UNIQUE", "class TEXT NOT NULL"),
                        "sitewatch site footprints (hull of the detection boxes)")
     add_attributes_table(con, "reviews", ("site_id TEXT NOT NULL", f"status TEXT NOT NULL {_STATUS_CHECK}", "reviewer TEXT NOT NULL",
-                                          "note TEXT", "time DATETIME NOT NULL"),
+                                          "note TEXT", "time DATETIME NOT NULL", "chain TEXT"),
                          "append-only review log", pk="review_id")
     add_attributes_table(con, "scenes", (
         "scene TEXT NOT NULL UNIQUE", "source TEXT NOT NULL", "acquired DATE", "run_id TEXT NOT NULL",
@@ -688,7 +820,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
     add_attributes_table(con, "sitewatch", ("key TEXT NOT NULL UNIQUE", "value TEXT"), "sitewatch store metadata")
     con.executemany("INSERT INTO sitewatch (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", now_iso())])
-    for statement in _EXTRA_SCHEMA:
+    for statement in (*_EXTRA_SCHEMA, *AUDIT_TRIGGERS.values()):
         con.execute(statement)
 
 
