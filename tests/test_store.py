@@ -13,8 +13,8 @@ import pytest
 import shapely
 from pyogrio.raw import read as ogr_read
 
-from sitewatch.imagery.candidates.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
 from sitewatch.imagery.candidates.export import export_sites
+from sitewatch.imagery.candidates.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
 from sitewatch.imagery.candidates.store import AUDIT_TRIGGERS, STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
 from sitewatch.imagery.errors import InputError, NotFoundError, UsageError
 
