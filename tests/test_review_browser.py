@@ -351,3 +351,35 @@ def test_page_works_under_its_csp(browser: Any, served: Served, run_dir: Path) -
     assert p.page.evaluate("typeof window.__injected") == "undefined"
     assert _csp_messages(p), p.console
     p.page.close()
+
+
+def test_a_long_list_loads_page_by_page_as_the_reviewer_goes(browser: Any, tmp_path: Path, add_scene: AddScene) -> None:
+    """1,200 sites: the page fetches 500, then the next 500 when the list is scrolled to its end
+    or the selection comes near it; the counts are the whole list's from the start."""
+    run = tmp_path / "long"
+    run.mkdir()
+    store = CandidateStore.create(run / "candidates.gpkg")
+    add_scene(store, "s1", [("kiln", 88.0 + 0.002 * (i % 40), 22.0 + 0.002 * (i // 40), 0.2 + 0.7 * ((i * 37) % 1200) / 1200)
+                            for i in range(1200)])
+    served = Served(run)
+    try:
+        p = Page(browser, served.url)
+        p.wait_list()
+        assert len(p.rows()) == 500
+        assert p.page.inner_text("#progress-text") == "0 / 1200 reviewed"
+        assert p.page.inner_text("#list-foot").startswith("1200 sites")
+        p.page.eval_on_selector("#list-wrap", "w => { w.scrollTop = w.scrollHeight; }")
+        p.page.wait_for_function("document.querySelectorAll('#list tbody tr[data-id]').length === 1000", timeout=10_000)
+        rows = p.rows()
+        assert len({r["id"] for r in rows}) == 1000  # no site twice
+        scores = [float(r["score"]) for r in rows]
+        assert scores == sorted(scores, reverse=True)  # the pages continue the sort
+        # stepping with the keys near the end of what is loaded brings the rest
+        p.page.click("#list tbody tr[data-i='990']")
+        p.page.keyboard.press("j")
+        p.page.wait_for_function("document.querySelectorAll('#list tbody tr[data-id]').length === 1200", timeout=10_000)
+        assert p.page.inner_text("#nav-pos") == "992 of 1200"
+        # (these made-up sites have no scene pixels, so their chips are 404s; no script error)
+        assert not [m for m in p.errors() if m[0] == "pageerror"]
+    finally:
+        served.stop()

@@ -296,3 +296,42 @@ def test_concurrent_reviewers_and_an_appending_run_lose_no_update(tmp_path, add_
     assert len(store.scenes()) == 2 + APPEND_SCENES and len(store.runs()) == 2 + APPEND_SCENES
     assert len(store.detections()) == 7 + 5 * APPEND_SCENES
     assert sum(s.n_detections for s in store.sites()) == len(store.detections())
+
+
+def test_pages_in_sql_match_a_sort_of_every_site(tmp_path, add_scene):
+    """Every sort key, both orders, pages of 7: concatenated they are the full list sorted in
+    Python (ties by site id), with the filters' total and reviewed counts."""
+    from sitewatch.imagery.candidates.store import SORT_KEYS
+
+    rng = np.random.default_rng(4)
+    store = CandidateStore.create(tmp_path / "candidates.gpkg")
+    scores = np.round(rng.uniform(0.05, 0.99, 40), 2)
+    scores[5] = scores[6]  # a tie
+    add_scene(store, "s1", [("kiln" if i % 3 else "vessel", LON0 + i * STEP, LAT0, float(sc))
+                            for i, sc in enumerate(scores)], acquired="2024-01-05")
+    for k, site in enumerate(store.sites()[:9]):
+        store.review(site.site_id, STATUSES[1 + k % 3], "ana")
+    limits = {"kiln": 0.3, "vessel": 0.6}
+
+    def uncertainty(s):  # the review server's definition
+        t = limits[s.cls]
+        return round(min(1.0, max(0.0, 1.0 - abs(s.max_score - t) / max(t, 1.0 - t))), 4)
+
+    py_keys = {"score": lambda s: s.max_score, "uncertainty": uncertainty, "class": lambda s: s.cls,
+               "status": lambda s: STATUSES.index(s.status), "id": lambda s: s.site_id,
+               "date": lambda s: s.first_seen or s.date or ""}
+    assert set(py_keys) == set(SORT_KEYS)
+    for filters in ({}, {"cls": "kiln", "min_score": 0.2, "max_score": 0.8}, {"status": ["confirmed", "unreviewed"]}):
+        every = store.sites(**filters)
+        for key, fn in py_keys.items():
+            for desc in (False, True):
+                want = sorted(sorted(every, key=lambda s: s.site_id), key=fn, reverse=desc)
+                got, total, reviewed = [], None, None
+                for offset in range(0, len(every) + 7, 7):
+                    part, total, reviewed = store.page(sort=key, descending=desc, limit=7, offset=offset,
+                                                       thresholds=limits, **filters)
+                    got += part
+                assert [s.site_id for s in got] == [s.site_id for s in want], (filters, key, desc)
+                assert total == len(every) and reviewed == sum(s.status != "unreviewed" for s in every)
+    with pytest.raises(UsageError, match="colour"):
+        store.page(sort="colour")

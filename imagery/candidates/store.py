@@ -62,6 +62,23 @@ STORE_NAME = "candidates.gpkg"
 STATUSES = ("unreviewed", "confirmed", "rejected", "unsure")
 #: Column constraint: the database itself refuses a status not in :data:`STATUSES` (e.g. typed in QGIS).
 _STATUS_CHECK = "CHECK (status IN ('unreviewed', 'confirmed', 'rejected', 'unsure'))"
+#: Sort keys of :meth:`CandidateStore.page` and their SQL (``uncertainty`` is built from the thresholds).
+SORT_KEYS = {
+    "score": "s.max_score",
+    "uncertainty": "",
+    "class": "s.class",
+    "status": "CASE s.status WHEN 'unreviewed' THEN 0 WHEN 'confirmed' THEN 1 WHEN 'rejected' THEN 2 "
+              "WHEN 'unsure' THEN 3 ELSE 4 END",
+    "id": "s.site_id",
+    "date": "coalesce(s.first_seen, s.date, '')",
+}
+#: Indexes on what the review list filters and sorts by (added to older stores when opened).
+SITE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sites_score ON sites(max_score, site_id)",
+    "CREATE INDEX IF NOT EXISTS sites_status_score ON sites(status, max_score)",
+    "CREATE INDEX IF NOT EXISTS sites_class_score ON sites(class, max_score)",
+    "CREATE INDEX IF NOT EXISTS sample_site ON sample(site_id)",
+)
 #: Version of the store's tables (``sitewatch`` table).
 SCHEMA_VERSION = 1
 #: Seconds a writer waits for another writer (or a reader) before giving up.
@@ -307,10 +324,11 @@ class CandidateStore:
             raise InputError(self.path, f"cannot be read as a GeoPackage ({exc}); is it a candidate store?") from None
         if not ok:
             raise InputError(self.path, "is not a sitewatch candidate store (no detections, sites and reviews layers)")
-        self._add_audit_triggers()
+        self._upgrade()
 
-    def _add_audit_triggers(self) -> None:
-        """Give a store made by an older sitewatch the review log's triggers (a no-op when present).
+    def _upgrade(self) -> None:
+        """Give a store made by an older sitewatch the review log's triggers, its hash chain column
+        and the list's indexes (a no-op when present).
 
         A store on a read-only medium is left as it is; its :meth:`check` still works.
         """
@@ -318,6 +336,8 @@ class CandidateStore:
             have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
             missing = [sql for name, sql in AUDIT_TRIGGERS.items() if name not in have]
             no_chain = "chain" not in {r[1] for r in con.execute("PRAGMA table_info(reviews)")}
+            indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            missing += [sql for sql in SITE_INDEXES if sql.split()[5] not in indexes]
             if not missing and not no_chain:
                 return
             try:
@@ -325,7 +345,7 @@ class CandidateStore:
                 if no_chain:  # reviews recorded before are not chained; the chain starts at the next one
                     con.execute("ALTER TABLE reviews ADD COLUMN chain TEXT")
                 for sql in missing:
-                    con.execute(sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1))
+                    con.execute(sql.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1))
                 con.execute("COMMIT")
             except sqlite3.Error:
                 if con.in_transaction:
@@ -622,6 +642,7 @@ class CandidateStore:
         date: str | None = None,
         in_sample: bool = False,
         min_score: float | None = None,
+        max_score: float | None = None,
         bbox: tuple[float, float, float, float] | None = None,
         site_ids: Sequence[str] | None = None,
         limit: int | None = None,
@@ -636,6 +657,7 @@ class CandidateStore:
             date: the site's date (vessel sites).
             in_sample: only sites in the current review sample of their class.
             min_score: ``max_score`` at least this.
+            max_score: ``max_score`` at most this.
             bbox: ``(west, south, east, north)``: the site's point inside it.
             site_ids: only these sites.
             limit, offset: a page of the result.
@@ -643,31 +665,8 @@ class CandidateStore:
         Raises:
             UsageError: a bad status.
         """
-        where, args = [], []
-        if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
-            for s in statuses:
-                check_status(s)
-            where.append(f"s.status IN ({_marks(statuses)})")
-            args += statuses
-        if cls is not None:
-            classes = [cls] if isinstance(cls, str) else list(cls)
-            where.append(f"s.class IN ({_marks(classes)})")
-            args += classes
-        if date is not None:
-            where.append("s.date = ?")
-            args.append(date)
-        if in_sample:
-            where.append(f"s.site_id IN (SELECT site_id FROM sample WHERE {_CURRENT_DRAW})")  # noqa: S608
-        if min_score is not None:
-            where.append("s.max_score >= ?")
-            args.append(min_score)
-        if bbox is not None:
-            where.append("s.lon BETWEEN ? AND ? AND s.lat BETWEEN ? AND ?")
-            args += [bbox[0], bbox[2], bbox[1], bbox[3]]
-        if site_ids is not None:
-            where.append(f"s.site_id IN ({_marks(site_ids)})")
-            args += list(site_ids)
+        where, args = _site_filter(status=status, cls=cls, date=date, in_sample=in_sample, min_score=min_score,
+                                   max_score=max_score, bbox=bbox, site_ids=site_ids)
         # Only fixed SQL fragments are joined here; every value is a bound parameter.
         sql = (f"SELECT {_SITE_SELECT}, f.geom FROM sites s LEFT JOIN site_footprints f ON f.site_id = s.site_id "  # noqa: S608
                f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY s.fid")
@@ -676,6 +675,64 @@ class CandidateStore:
             args += [int(limit), int(offset)]
         with self.read(con) as c:
             return [_site(row) for row in c.execute(sql, args)]
+
+    def page(
+        self,
+        *,
+        sort: str = "score",
+        descending: bool = True,
+        limit: int | None = None,
+        offset: int = 0,
+        thresholds: Mapping[str, float] | None = None,
+        default_threshold: float = 0.5,
+        con: sqlite3.Connection | None = None,
+        **filters: Any,
+    ) -> tuple[list[Site], int, int]:
+        """One page of the sites matching ``filters`` (those of :meth:`sites`, and ``max_score``), sorted in SQL.
+
+        Filtering, sorting, counting and paging all run in SQLite (on indexed columns), so a
+        page of 50 out of 100,000 sites reads 50 rows, not 100,000.
+
+        Args:
+            sort: one of :data:`SORT_KEYS`; ties are broken by site id, ascending.
+            descending: the sort order.
+            limit, offset: the page (``limit=None``: to the end).
+            thresholds: class -> score threshold, for ``sort="uncertainty"`` (how close a site's
+                score is to its class's threshold: 1 at it, 0 at 0 or 1); other classes use
+                ``default_threshold``.
+
+        Returns:
+            The page's sites, how many match, and how many of those are reviewed.
+
+        Raises:
+            UsageError: a bad status or sort key.
+        """
+        if sort not in SORT_KEYS:
+            raise UsageError(f"sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
+        where, args = _site_filter(**filters)
+        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        key_args: list[Any] = []
+        if sort == "uncertainty":
+            cases = " ".join("WHEN ? THEN ?" for _ in (thresholds or {}))
+            for k, v in (thresholds or {}).items():
+                key_args += [k, float(v)]
+            t = f"(CASE s.class {cases} ELSE ? END)" if cases else "(?)"
+            key_args.append(float(default_threshold))
+            key = f"round(max(0.0, min(1.0, 1.0 - abs(s.max_score - {t}) / max({t}, 1.0 - {t}, 1e-9))), 4)"
+            key_args = key_args * 3  # the threshold appears three times
+        else:
+            key = SORT_KEYS[sort]
+        sql = (f"SELECT {_SITE_SELECT}, f.geom FROM sites s LEFT JOIN site_footprints f ON f.site_id = s.site_id "  # noqa: S608
+               f"{cond} ORDER BY {key} {'DESC' if descending else 'ASC'}, s.site_id ASC")
+        page_args = [*key_args]
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            page_args += [-1 if limit is None else int(limit), int(offset)]
+        with self.read(con) as c:
+            total, reviewed = c.execute(f"SELECT count(*), coalesce(sum(s.status != 'unreviewed'), 0) FROM sites s {cond}",  # noqa: S608
+                                        args).fetchone()
+            rows = [_site(row) for row in c.execute(sql, [*args, *page_args])]
+        return rows, int(total), int(reviewed)
 
     def site(self, site_id: str, con: sqlite3.Connection | None = None) -> Site:
         """One site.
@@ -742,6 +799,14 @@ class CandidateStore:
         with self.read(con) as c:
             return [SampleMember(*r) for r in c.execute(sql + " ORDER BY class, stratum, fid", args)]
 
+    def sampled(self, site_ids: Sequence[str], con: sqlite3.Connection | None = None) -> set[str]:
+        """Those of ``site_ids`` that are in the current review sample."""
+        if not site_ids:
+            return set()
+        sql = f"SELECT site_id FROM sample WHERE {_CURRENT_DRAW} AND site_id IN ({_marks(site_ids)})"  # noqa: S608
+        with self.read(con) as c:
+            return {r[0] for r in c.execute(sql, list(site_ids))}
+
     def counts(self, con: sqlite3.Connection | None = None) -> dict[str, dict[str, int]]:
         """Sites per class and status, and detections per class."""
         out: dict[str, dict[str, int]] = {}
@@ -791,6 +856,54 @@ def chain_hash(prev: str | None, site_id: str, status: str, reviewer: str, note:
     return hashlib.sha256(doc.encode("utf-8")).hexdigest()
 
 
+def _site_filter(
+    *,
+    status: str | Sequence[str] | None = None,
+    cls: str | Sequence[str] | None = None,
+    date: str | None = None,
+    in_sample: bool = False,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    site_ids: Sequence[str] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions on ``sites s`` (fixed fragments) and their bound values, for the filters given.
+
+    Raises:
+        UsageError: a bad status.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        for s in statuses:
+            check_status(s)
+        where.append(f"s.status IN ({_marks(statuses)})")
+        args += statuses
+    if cls is not None:
+        classes = [cls] if isinstance(cls, str) else list(cls)
+        where.append(f"s.class IN ({_marks(classes)})")
+        args += classes
+    if date is not None:
+        where.append("s.date = ?")
+        args.append(date)
+    if in_sample:
+        where.append(f"s.site_id IN (SELECT site_id FROM sample WHERE {_CURRENT_DRAW})")  # noqa: S608
+    if min_score is not None:
+        where.append("s.max_score >= ?")
+        args.append(min_score)
+    if bbox is not None:
+        where.append("s.lon BETWEEN ? AND ? AND s.lat BETWEEN ? AND ?")
+        args += [bbox[0], bbox[2], bbox[1], bbox[3]]
+    if site_ids is not None:
+        where.append(f"s.site_id IN ({_marks(site_ids)})")
+        args += list(site_ids)
+    if max_score is not None:
+        where.append("s.max_score <= ?")
+        args.append(max_score)
+    return where, args
+
+
 def _tables(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -820,7 +933,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
     add_attributes_table(con, "sitewatch", ("key TEXT NOT NULL UNIQUE", "value TEXT"), "sitewatch store metadata")
     con.executemany("INSERT INTO sitewatch (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", now_iso())])
-    for statement in (*_EXTRA_SCHEMA, *AUDIT_TRIGGERS.values()):
+    for statement in (*_EXTRA_SCHEMA, *AUDIT_TRIGGERS.values(), *SITE_INDEXES):
         con.execute(statement)
 
 

@@ -371,28 +371,18 @@ class ReviewApp:
         limit = _int_param(query, "limit", None, 0, _MAX_LIMIT)
         offset = _int_param(query, "offset", 0, 0, 10**9) or 0
 
+        # filters, sort, counts and the page itself run in SQL: a page of 50 reads 50 rows
         with self.store.read() as con:
-            sites = self.store.sites(status=statuses or None, cls=classes or None, min_score=min_score,
-                                     in_sample=sample in ("1", "true"), con=con)
-            sample_ids = {m.site_id for m in self.store.sample(con=con)}
             limits = thresholds(self.store, con)
-        if max_score is not None:
-            sites = [s for s in sites if s.max_score <= max_score]
-        rows = [self.site_json(s, limits, sample_ids) for s in sites]
-        rows.sort(key=lambda r: r["id"])
-        key: Callable[[dict[str, Any]], Any] = {
-            "score": lambda r: r["max_score"] or 0.0,
-            "uncertainty": lambda r: r["uncertainty"],
-            "class": lambda r: r["class"],
-            "status": lambda r: STATUSES.index(r["status"]) if r["status"] in STATUSES else len(STATUSES),
-            "id": lambda r: r["id"],
-            "date": lambda r: r["first_seen"] or r["date"] or "",
-        }[sort]
-        rows.sort(key=key, reverse=order == "desc")  # stable: ties stay in id order
-        page = rows[offset:] if limit is None else rows[offset:offset + limit]
+            sites, total, reviewed = self.store.page(
+                sort=sort, descending=order == "desc", limit=limit, offset=offset, thresholds=limits,
+                default_threshold=DEFAULT_THRESHOLD, status=statuses or None, cls=classes or None,
+                min_score=min_score, max_score=max_score, in_sample=sample in ("1", "true"), con=con)
+            sample_ids = self.store.sampled([s.site_id for s in sites], con=con)
+        page = [self.site_json(s, limits, sample_ids) for s in sites]
         return {
-            "total": len(rows),
-            "reviewed": sum(r["status"] != "unreviewed" for r in rows),
+            "total": total,
+            "reviewed": reviewed,
             "offset": offset,
             "limit": limit,
             "sort": sort,

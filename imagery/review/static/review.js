@@ -6,8 +6,9 @@
   var SVGNS = "http://www.w3.org/2000/svg";
   var ROW_PX = 24, HEAD_PX = 28;  // as in the CSS of #list
   var K = 111320;  // metres per degree of latitude: map units are about metres
+  var PAGE = 500;  // sites fetched at a time; more as the reviewer scrolls or steps near the end
   var state = {
-    sites: [], byId: new Map(), sel: -1, sort: "score", order: "desc", summary: null, scenes: [],
+    sites: [], byId: new Map(), sel: -1, total: 0, listReviewed: 0, more: null, sort: "score", order: "desc", summary: null, scenes: [],
     pending: 0, failed: 0, detail: null, chipScene: null, token: 0, listToken: 0, queue: Promise.resolve()
   };
   var map = {view: {x: 0, y: 0, w: 1000, h: 1000}, lon0: 0, lat0: 0, cos: 1, drag: null, u: 1};
@@ -57,8 +58,7 @@
     return api("/api/summary").then(function (s) { state.summary = s; progress(); return s; });
   }
   function progress() {
-    var n = state.sites.length, r = 0;
-    state.sites.forEach(function (s) { if (s.status !== "unreviewed") { r += 1; } });
+    var n = state.total, r = state.listReviewed;
     $("progress-text").textContent = r + " / " + n + " reviewed";
     $("bar-fill").style.width = (n ? (100 * r / n) : 0) + "%";
     var s = state.summary, more = [];
@@ -94,10 +94,13 @@
     var keep = state.sel >= 0 ? state.sites[state.sel].id : null;
     var token = ++state.listToken;
     document.body.dataset.loading = "1";
-    return api("/api/sites?" + query()).then(function (data) {
+    state.more = null;
+    return api("/api/sites?" + query() + "&limit=" + PAGE).then(function (data) {
       if (token !== state.listToken) { return; }  // a newer query is on its way
       document.body.dataset.loading = "0";
       state.sites = data.sites;
+      state.total = data.total;
+      state.listReviewed = data.reviewed;
       state.byId = new Map();
       state.sites.forEach(function (s, i) { state.byId.set(s.id, i); });
       state.sel = -1;
@@ -113,11 +116,36 @@
       message("Could not load the sites: " + err.message, true);
     });
   }
+  function loadMore() {  // the next page of the list, once; resolves when it is in
+    if (state.sites.length >= state.total) { return Promise.resolve(); }
+    if (state.more) { return state.more; }
+    var token = state.listToken, from = state.sites.length;
+    state.more = api("/api/sites?" + query() + "&limit=" + PAGE + "&offset=" + from).then(function (data) {
+      if (token !== state.listToken) { return; }
+      data.sites.forEach(function (s) {
+        if (!state.byId.has(s.id)) { state.byId.set(s.id, state.sites.length); state.sites.push(s); }
+      });
+      state.total = data.total;
+      renderRows(from);
+      renderSites();
+      $("nav-pos").textContent = state.sel >= 0 ? (state.sel + 1) + " of " + state.total : "";
+    }).catch(function (err) {
+      message("Could not load more sites: " + err.message, true);
+    }).then(function () { if (token === state.listToken) { state.more = null; } });
+    return state.more;
+  }
+  $("list-wrap").addEventListener("scroll", function () {
+    var w = $("list-wrap");
+    if (w.scrollTop + w.clientHeight > w.scrollHeight - 40 * ROW_PX) { loadMore(); }
+  });
   function renderList() {
+    $("list").tBodies[0].textContent = "";
+    renderRows(0);
+  }
+  function renderRows(from) {
     var tbody = $("list").tBodies[0];
-    tbody.textContent = "";
-    state.sites.forEach(function (s, i) {
-      var tr = el("tr");
+    state.sites.slice(from).forEach(function (s, k) {
+      var i = from + k, tr = el("tr");
       tr.dataset.i = String(i);
       tr.dataset.id = s.id;
       tr.appendChild(el("td", "id", s.id));
@@ -130,7 +158,7 @@
       tr.appendChild(st);
       tbody.appendChild(tr);
     });
-    if (!state.sites.length) {
+    if (!state.sites.length && from === 0) {
       var tr = el("tr"), td = el("td", "empty", "No sites match these filters.");
       td.colSpan = 5;
       tr.appendChild(td);
@@ -210,7 +238,8 @@
     setChip(s, null);
     drawFootprint(null);
     if (!opts || opts.pan !== false) { ensureVisible(s); }
-    $("nav-pos").textContent = (i + 1) + " of " + state.sites.length;
+    $("nav-pos").textContent = (i + 1) + " of " + state.total;
+    if (i >= state.sites.length - 50) { loadMore(); }
     loadDetail(s);
     var j = nextUnreviewed(i);
     if (j >= 0) { (new Image()).src = chipUrl(state.sites[j], null); }  // prefetch the next chip
@@ -328,6 +357,8 @@
     var before = {status: s.status, note: s.note, reviewer: s.reviewer, reviewed_at: s.reviewed_at};
     var note = $("note").value;
     s.status = status; s.note = note; s.reviewer = name;
+    var counted = (before.status === "unreviewed") - (status === "unreviewed");  // change to the list's reviewed count
+    state.listReviewed += counted;
     updateRow(i);
     progress();
     state.pending += 1;
@@ -349,6 +380,7 @@
       if (state.pending === 0) { loadSummary(); }  // refresh the run's counts once the queue is empty
     }).catch(function (err) {
       Object.assign(s, before);
+      state.listReviewed -= counted;
       state.pending -= 1;
       state.failed += 1;
       saveState();
@@ -360,6 +392,9 @@
     message(s.id + ": " + status);
     var next = nextUnreviewed(i);
     if (next >= 0) { select(next, {pan: true}); }
+    else if (state.sites.length < state.total) {  // the rest of the list is not loaded yet
+      loadMore().then(function () { var j = nextUnreviewed(i); if (j >= 0 && state.sel === i) { select(j, {pan: true}); } });
+    }
     else { showSite(s); message("Every site in this list has a decision. " + s.id + ": " + status); }
   }
   $("b-confirm").addEventListener("click", function () { decide("confirmed"); });
