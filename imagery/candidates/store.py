@@ -722,8 +722,8 @@ class CandidateStore:
             key_args = key_args * 3  # the threshold appears three times
         else:
             key = SORT_KEYS[sort]
-        sql = (f"SELECT {_SITE_SELECT}, f.geom FROM sites s LEFT JOIN site_footprints f ON f.site_id = s.site_id "  # noqa: S608
-               f"{cond} ORDER BY {key} {'DESC' if descending else 'ASC'}, s.site_id ASC")
+        # the page's ids first (sites only), then those rows with their footprints
+        sql = f"SELECT s.site_id FROM sites s {cond} ORDER BY {key} {'DESC' if descending else 'ASC'}, s.site_id ASC"  # noqa: S608
         page_args = [*key_args]
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
@@ -731,8 +731,9 @@ class CandidateStore:
         with self.read(con) as c:
             total, reviewed = c.execute(f"SELECT count(*), coalesce(sum(s.status != 'unreviewed'), 0) FROM sites s {cond}",  # noqa: S608
                                         args).fetchone()
-            rows = [_site(row) for row in c.execute(sql, [*args, *page_args])]
-        return rows, int(total), int(reviewed)
+            ids = [r[0] for r in c.execute(sql, [*args, *page_args])]
+            by_id = {site.site_id: site for site in self.sites(site_ids=ids, con=c)} if ids else {}
+        return [by_id[i] for i in ids], int(total), int(reviewed)
 
     def site(self, site_id: str, con: sqlite3.Connection | None = None) -> Site:
         """One site.
