@@ -335,3 +335,19 @@ def test_pages_in_sql_match_a_sort_of_every_site(tmp_path, add_scene):
                 assert total == len(every) and reviewed == sum(s.status != "unreviewed" for s in every)
     with pytest.raises(UsageError, match="colour"):
         store.page(sort="colour")
+
+
+@pytest.mark.parametrize("name", ["ana\u202e", "a\u200bna", "\u2066ana\u2069", "ana\ufeff", "an\u00ada", "an\u2028a",
+                                  "ana\nben", "\u200d"])
+def test_reviewer_names_with_invisible_characters_are_refused(tmp_path, add_scene, name):
+    store = _filled(tmp_path, add_scene)
+    with pytest.raises(UsageError, match="reviewer: .*U\\+"):
+        store.review("kiln-000001", "confirmed", name)
+    assert store.reviews() == []
+
+
+def test_reviewer_names_are_normalised(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    r = store.review("kiln-000001", "confirmed", "  Jose\u0301   Mari\u0301a ")
+    assert r.reviewer == "Jos\u00e9 Mar\u00eda" == store.site("kiln-000001").reviewer
+    assert store.check() == []

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,24 @@ class SampleMember:
     stratum: int
     drawn_at: str
     seed: int
+
+
+def check_reviewer(name: object) -> str:
+    """A reviewer's name as the log keeps it: NFC-normalised, trimmed, inner spaces collapsed.
+
+    Refused (:class:`UsageError`): an empty name, or one holding control characters (newlines,
+    tabs), format characters (bidi controls such as U+202E, zero-width spaces and joiners,
+    U+FEFF) or line and paragraph separators: characters that make two names look alike, or a
+    name look like another, in a log that is evidence.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError("reviewer: give the reviewer's name (--reviewer NAME)")
+    text = unicodedata.normalize("NFC", name.strip())
+    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    if bad:
+        raise UsageError(f"reviewer: {len(bad)} invisible or control character(s) such as U+{ord(bad[0]):04X} "
+                         f"({unicodedata.name(bad[0], 'unnamed')}); type the name in plain letters")
+    return " ".join(text.split())
 
 
 def check_status(status: str, flag: str = "status") -> str:
@@ -546,8 +565,7 @@ class CandidateStore:
             NotFoundError: no site ``site_id``.
         """
         check_status(status)
-        if not isinstance(reviewer, str) or not reviewer.strip():
-            raise UsageError("reviewer: give the reviewer's name (--reviewer NAME)")
+        reviewer = check_reviewer(reviewer)
         note = note or ""
         if con is None:
             with self.write() as own:
