@@ -123,6 +123,7 @@ def test_gpkg_export_opens_in_gdal(planted, tmp_path):
     assert [list(x) for x in pyogrio.list_layers(out)] == [["sites", "Polygon"]]
     info = pyogrio.read_info(out, layer="sites")
     assert info["crs"] == "EPSG:4326" and info["features"] == 5 and {"site_id", "status", "class"} <= set(info["fields"])
+    assert info["capabilities"]["fast_spatial_filter"]  # GDAL sees the R-tree
 
 
 def test_export_is_atomic_and_refuses_to_overwrite(planted, tmp_path):

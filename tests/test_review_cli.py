@@ -112,14 +112,13 @@ def test_help_documents_every_option(command):
 
 
 def test_sites_check_passes_a_clean_store_and_names_edited_sites(run_dir):
-    import sqlite3
-
+    from sitewatch.imagery.candidates.gpkg import connect as gpkg_connect
     from sitewatch.imagery.candidates.store import AUDIT_TRIGGERS
 
     assert _run("review", run_dir, "--site", "kiln-000001", "--status", "rejected", "--reviewer", "ana").returncode == 0
     ok = _run("sites", run_dir, "--check")
     assert ok.returncode == 0 and "13 site(s); every status is its last review" in ok.stdout
-    with sqlite3.connect(run_dir / "candidates.gpkg") as con:  # someone drops the triggers and edits in place
+    with gpkg_connect(run_dir / "candidates.gpkg") as con:  # someone (in QGIS, say) drops the triggers and edits
         for name in AUDIT_TRIGGERS:
             con.execute(f"DROP TRIGGER {name}")
         con.execute("UPDATE sites SET status = 'confirmed' WHERE site_id = 'kiln-000001'")

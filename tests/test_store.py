@@ -15,6 +15,7 @@ from pyogrio.raw import read as ogr_read
 
 from sitewatch.imagery.candidates.export import export_sites
 from sitewatch.imagery.candidates.gpkg import APPLICATION_ID, USER_VERSION, geometry_blob, read_geometry
+from sitewatch.imagery.candidates.gpkg import connect as gpkg_connect
 from sitewatch.imagery.candidates.store import AUDIT_TRIGGERS, STATUSES, CandidateStore, Detection, RunInfo, SceneInfo
 from sitewatch.imagery.errors import InputError, NotFoundError, UsageError
 
@@ -70,7 +71,7 @@ def test_gdal_reads_the_layers_with_their_geometry_crs_and_rows(tmp_path, add_sc
 
 def test_geopackage_header_pragmas_and_srs(tmp_path):
     store = CandidateStore.create(tmp_path / "c.gpkg")
-    with sqlite3.connect(store.path) as con:
+    with gpkg_connect(store.path) as con:
         assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID == 0x47504B47
         assert con.execute("PRAGMA user_version").fetchone()[0] == USER_VERSION == 10300
         srs = {r[0]: r[1] for r in con.execute("SELECT srs_id, organization FROM gpkg_spatial_ref_sys")}
@@ -144,7 +145,7 @@ def test_bad_reviews_are_refused_with_a_clear_error(tmp_path, add_scene):
 def test_the_review_log_is_append_only(tmp_path, add_scene):
     store = _filled(tmp_path, add_scene)
     store.review("kiln-000001", "rejected", "ana")
-    with sqlite3.connect(store.path) as con:
+    with gpkg_connect(store.path) as con:
         for sql in ("UPDATE reviews SET status = 'confirmed'", "DELETE FROM reviews"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 con.execute(sql)
@@ -158,7 +159,7 @@ def test_the_review_log_cannot_be_rewritten_or_bypassed_on_the_file(tmp_path, ad
     store = _filled(tmp_path, add_scene)
     first = store.review("kiln-000001", "rejected", "ana", "a roof")
     store.review("kiln-000002", "confirmed", "ben")
-    with sqlite3.connect(store.path) as con:
+    with gpkg_connect(store.path) as con:
         # rewrite and back-date a review: REPLACE deletes without firing DELETE triggers
         for when in ("2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"):
             with pytest.raises(sqlite3.IntegrityError, match="cannot be reused or replaced|dated before the last one"):
@@ -195,7 +196,7 @@ def test_a_rewritten_log_breaks_the_hash_chain(tmp_path, add_scene):
         store.review(site, status, "ana")
     head = store.chain_head()
     assert head is not None and len(head) == 64 and store.check() == []
-    with sqlite3.connect(store.path) as con:
+    with gpkg_connect(store.path) as con:
         for name in ("reviews_append_only_update", *AUDIT_TRIGGERS):
             con.execute(f"DROP TRIGGER {name}")
         con.execute("UPDATE reviews SET reviewer = 'ben' WHERE review_id = 2")
@@ -210,7 +211,7 @@ def test_check_names_the_sites_whose_status_and_log_disagree(tmp_path, add_scene
     by the check; export and estimate refuse the store; opening it restores the triggers."""
     store = _filled(tmp_path, add_scene)
     store.review("kiln-000001", "rejected", "ana")
-    with sqlite3.connect(store.path) as con:
+    with gpkg_connect(store.path) as con:
         for name in AUDIT_TRIGGERS:
             con.execute(f"DROP TRIGGER {name}")
         con.execute("UPDATE sites SET status = 'confirmed' WHERE site_id IN ('kiln-000001', 'kiln-000002')")
@@ -223,7 +224,7 @@ def test_check_names_the_sites_whose_status_and_log_disagree(tmp_path, add_scene
         export_sites(store, tmp_path / "out.geojson")
     assert not (tmp_path / "out.geojson").exists()
     reopened = CandidateStore(store.path)
-    with sqlite3.connect(reopened.path) as con:
+    with gpkg_connect(reopened.path) as con:
         names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert set(AUDIT_TRIGGERS) <= names
     # re-reviewing restores agreement
@@ -351,3 +352,45 @@ def test_reviewer_names_are_normalised(tmp_path, add_scene):
     r = store.review("kiln-000001", "confirmed", "  Jose\u0301   Mari\u0301a ")
     assert r.reviewer == "Jos\u00e9 Mar\u00eda" == store.site("kiln-000001").reviewer
     assert store.check() == []
+
+
+def test_gdal_reports_a_spatial_index_on_every_geometry_layer_and_reads_without_warnings(tmp_path, add_scene):
+    """The R-tree is GDAL's own (fast_spatial_filter), follows appends and reviews, and the
+    timestamps are the GeoPackage form (milliseconds, Z) that GDAL reads without a warning."""
+    import warnings
+
+    from sitewatch.imagery.candidates.store import GEOMETRY_LAYERS
+
+    store = _filled(tmp_path, add_scene)
+    add_scene(store, "s3", [("kiln", LON0 + 10 * STEP, LAT0, 0.9)], acquired="2024-03-01")
+    store.review("kiln-000001", "confirmed", "ana")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a GDAL warning ("Non-conformant content ...") fails the test
+        for layer in (*GEOMETRY_LAYERS, "reviews", "runs", "scenes"):
+            ogr_read(store.path, layer=layer)
+    for layer in GEOMETRY_LAYERS:
+        assert pyogrio.read_info(store.path, layer=layer)["capabilities"]["fast_spatial_filter"], layer
+        with gpkg_connect(store.path) as con:
+            n_rtree = con.execute(f"SELECT count(*) FROM rtree_{layer}_geom").fetchone()[0]
+            n_rows = con.execute(f"SELECT count(*) FROM {layer} WHERE geom IS NOT NULL").fetchone()[0]
+        assert n_rtree == n_rows > 0, layer
+    # a bounding-box read through the index finds exactly the new kiln's site
+    west = LON0 + 9.5 * STEP
+    _, _, geoms, fields = ogr_read(store.path, layer="sites", bbox=(west, LAT0 - 0.01, west + 2 * STEP, LAT0 + 0.01))
+    assert len(geoms) == 1
+    times = [r.time for r in store.reviews()]
+    assert all(len(t) == 24 and t.endswith("Z") for t in times)
+
+
+def test_a_store_made_without_a_spatial_index_gets_one_when_opened(tmp_path, add_scene):
+    store = _filled(tmp_path, add_scene)
+    with gpkg_connect(store.path) as con:  # as an older sitewatch wrote it
+        for layer in ("detections", "sites", "site_footprints"):
+            for (name,) in con.execute(f"SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'rtree_{layer}%'").fetchall():
+                con.execute(f'DROP TRIGGER "{name}"')
+            con.execute(f"DROP TABLE rtree_{layer}_geom")
+        con.execute("DELETE FROM gpkg_extensions")
+    assert not pyogrio.read_info(store.path, layer="sites")["capabilities"]["fast_spatial_filter"]
+    CandidateStore(store.path)
+    assert all(pyogrio.read_info(store.path, layer=layer)["capabilities"]["fast_spatial_filter"]
+               for layer in ("detections", "sites", "site_footprints"))

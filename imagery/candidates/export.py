@@ -27,7 +27,7 @@ from typing import Any
 from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
 
-from sitewatch.imagery.candidates.gpkg import add_features_table, geometry_blob, init_geopackage, touch
+from sitewatch.imagery.candidates.gpkg import add_features_table, connect, geometry_blob, init_geopackage, touch
 from sitewatch.imagery.candidates.store import CandidateStore, Site
 from sitewatch.imagery.errors import OutputError, UsageError
 
@@ -159,7 +159,7 @@ def sites_csv(sites: Sequence[Site]) -> str:
 
 def _write_gpkg(path: Path, sites: Sequence[Site]) -> None:
     """A GeoPackage with one Polygon layer ``sites`` (footprints and properties)."""
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as con:
+    with contextlib.closing(connect(path, isolation_level=None)) as con:
         init_geopackage(con)
         con.execute("BEGIN")
         add_features_table(con, "sites", "POLYGON", _GPKG_COLUMNS, "sitewatch sites (footprints) and reviews")

@@ -4,7 +4,11 @@ Enough of the OGC GeoPackage encoding for QGIS, GDAL and ``pyogrio`` to open the
 directly: the ``application_id``/``user_version`` pragmas, ``gpkg_spatial_ref_sys`` with
 the three required rows (EPSG:4326 among them), ``gpkg_contents``,
 ``gpkg_geometry_columns``, and geometry blobs as the GeoPackage binary header followed by
-little-endian WKB. No spatial index (R-tree) is written; GDAL and QGIS read without one.
+little-endian WKB. Every geometry column gets the R-tree spatial index of the
+``gpkg_rtree_index`` extension, with the triggers GDAL creates (those of GDAL 3.12), so GDAL
+and QGIS report and use it. The triggers call ``ST_IsEmpty``, ``ST_MinX``, ``ST_MaxX``,
+``ST_MinY`` and ``ST_MaxY``, which GDAL (and so QGIS) provides: open the file with
+:func:`connect`, which registers them, to write to it from Python.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import datetime as dt
 import sqlite3
 import struct
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -75,9 +81,128 @@ _SRS_ROWS = (
 )
 
 
+_EXTENSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gpkg_extensions (
+    table_name TEXT,
+    column_name TEXT,
+    extension_name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name)
+)
+"""
+RTREE_EXTENSION = ("gpkg_rtree_index", "http://www.geopackage.org/spec120/#extension_rtree", "write-only")
+
+# GDAL 3.12's triggers of the extension, for table {t}, geometry column {c}, primary key fid.
+_RTREE_TRIGGERS = (
+    'CREATE TRIGGER "rtree_{t}_{c}_insert" AFTER INSERT ON "{t}" WHEN (new."{c}" NOT NULL AND NOT ST_IsEmpty(NEW."{c}")) '
+    'BEGIN INSERT OR REPLACE INTO "rtree_{t}_{c}" VALUES (NEW."fid",ST_MinX(NEW."{c}"), ST_MaxX(NEW."{c}"),'
+    'ST_MinY(NEW."{c}"), ST_MaxY(NEW."{c}")); END',
+    'CREATE TRIGGER "rtree_{t}_{c}_update6" AFTER UPDATE OF "{c}" ON "{t}" WHEN OLD."fid" = NEW."fid" AND '
+    '(NEW."{c}" NOTNULL AND NOT ST_IsEmpty(NEW."{c}")) AND (OLD."{c}" NOTNULL AND NOT ST_IsEmpty(OLD."{c}")) '
+    'BEGIN UPDATE "rtree_{t}_{c}" SET minx = ST_MinX(NEW."{c}"), maxx = ST_MaxX(NEW."{c}"),miny = ST_MinY(NEW."{c}"), '
+    'maxy = ST_MaxY(NEW."{c}") WHERE id = NEW."fid";END',
+    'CREATE TRIGGER "rtree_{t}_{c}_update7" AFTER UPDATE OF "{c}" ON "{t}" WHEN OLD."fid" = NEW."fid" AND '
+    '(NEW."{c}" NOTNULL AND NOT ST_IsEmpty(NEW."{c}")) AND (OLD."{c}" ISNULL OR ST_IsEmpty(OLD."{c}")) '
+    'BEGIN INSERT INTO "rtree_{t}_{c}" VALUES (NEW."fid",ST_MinX(NEW."{c}"), ST_MaxX(NEW."{c}"),ST_MinY(NEW."{c}"), '
+    'ST_MaxY(NEW."{c}")); END',
+    'CREATE TRIGGER "rtree_{t}_{c}_update2" AFTER UPDATE OF "{c}" ON "{t}" WHEN OLD."fid" = NEW."fid" AND '
+    '(NEW."{c}" ISNULL OR ST_IsEmpty(NEW."{c}")) BEGIN DELETE FROM "rtree_{t}_{c}" WHERE id = OLD."fid"; END',
+    'CREATE TRIGGER "rtree_{t}_{c}_update5" AFTER UPDATE ON "{t}" WHEN OLD."fid" != NEW."fid" AND '
+    '(NEW."{c}" NOTNULL AND NOT ST_IsEmpty(NEW."{c}")) BEGIN DELETE FROM "rtree_{t}_{c}" WHERE id = OLD."fid"; '
+    'INSERT OR REPLACE INTO "rtree_{t}_{c}" VALUES (NEW."fid",ST_MinX(NEW."{c}"), ST_MaxX(NEW."{c}"),'
+    'ST_MinY(NEW."{c}"), ST_MaxY(NEW."{c}")); END',
+    'CREATE TRIGGER "rtree_{t}_{c}_update4" AFTER UPDATE ON "{t}" WHEN OLD."fid" != NEW."fid" AND '
+    '(NEW."{c}" ISNULL OR ST_IsEmpty(NEW."{c}")) BEGIN DELETE FROM "rtree_{t}_{c}" WHERE id IN (OLD."fid", NEW."fid"); END',
+    'CREATE TRIGGER "rtree_{t}_{c}_delete" AFTER DELETE ON "{t}" WHEN old."{c}" NOT NULL '
+    'BEGIN DELETE FROM "rtree_{t}_{c}" WHERE id = OLD."fid"; END',
+)
+
+
+def _envelope(blob: bytes | None) -> tuple[float, float, float, float] | None:
+    """``(minx, maxx, miny, maxy)`` of a GeoPackage geometry blob; ``None`` for NULL or empty."""
+    if blob is None or len(blob) < 8 or blob[:2] != b"GP":
+        return None
+    flags = blob[3]
+    if flags & 0b10000:
+        return None
+    if (flags >> 1) & 0b111:  # the header's envelope: minx, maxx, miny, maxy
+        order = "<" if flags & 1 else ">"
+        return struct.unpack(order + "4d", blob[8:40])
+    geom = read_geometry(bytes(blob))
+    if geom is None or geom.is_empty:
+        return None
+    x0, y0, x1, y1 = geom.bounds
+    return x0, x1, y0, y1
+
+
+def _part(k: int):  # type: ignore[no-untyped-def]
+    def f(blob: bytes | None) -> float | None:
+        env = _envelope(blob)
+        return None if env is None else env[k]
+    return f
+
+
+def register_functions(con: sqlite3.Connection) -> None:
+    """Give ``con`` the SQL functions the R-tree triggers call (GDAL provides the same)."""
+    con.create_function("ST_IsEmpty", 1, lambda b: None if b is None else int(_envelope(b) is None), deterministic=True)
+    for k, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        con.create_function(name, 1, _part(k), deterministic=True)
+
+
+def connect(path: str | Path, **kwargs: Any) -> sqlite3.Connection:
+    """``sqlite3.connect`` with :func:`register_functions`: how sitewatch opens a GeoPackage."""
+    con = sqlite3.connect(path, **kwargs)
+    register_functions(con)
+    return con
+
+
+def has_spatial_index(con: sqlite3.Connection, table: str, column: str = "geom") -> bool:
+    """Whether ``table.column`` has the ``gpkg_rtree_index`` extension and its R-tree."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "gpkg_extensions" not in tables or f"rtree_{table}_{column}" not in tables:
+        return False
+    return con.execute("SELECT 1 FROM gpkg_extensions WHERE table_name = ? AND column_name = ? AND extension_name = ?",
+                       (table, column, RTREE_EXTENSION[0])).fetchone() is not None
+
+
+def add_spatial_index(con: sqlite3.Connection, table: str, column: str = "geom") -> None:
+    """Create the R-tree spatial index of ``table.column`` as GDAL does, filled with its rows.
+
+    ``con`` needs :func:`register_functions`. A no-op when the index exists.
+    """
+    if has_spatial_index(con, table, column):
+        return
+    con.execute(_EXTENSIONS_SCHEMA)
+    con.execute(f'CREATE VIRTUAL TABLE "rtree_{table}_{column}" USING rtree(id, minx, maxx, miny, maxy)')
+    con.execute(f'INSERT INTO "rtree_{table}_{column}" SELECT fid, ST_MinX("{column}"), ST_MaxX("{column}"), '  # noqa: S608
+                f'ST_MinY("{column}"), ST_MaxY("{column}") FROM "{table}" WHERE "{column}" NOT NULL '
+                f'AND NOT ST_IsEmpty("{column}")')
+    for sql in _RTREE_TRIGGERS:
+        con.execute(sql.format(t=table, c=column))
+    con.execute("INSERT INTO gpkg_extensions VALUES (?, ?, ?, ?, ?)", (table, column, *RTREE_EXTENSION))
+
+
 def now_iso() -> str:
     """The current UTC time as GeoPackage ``DATETIME`` text: ``2024-05-01T09:30:00.123Z``."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def gpkg_datetime(value: str | None) -> str | None:
+    """An ISO 8601 time as the GeoPackage standard writes ``DATETIME``: UTC, milliseconds, ``Z``.
+
+    ``2024-05-01T09:30:00.123456+00:00`` becomes ``2024-05-01T09:30:00.123Z`` (GDAL warns of
+    "non-conformant content" for microseconds); a time without a zone is taken as UTC; text
+    that is not a time is returned as it is.
+    """
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    t = t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def init_geopackage(con: sqlite3.Connection) -> None:
@@ -108,6 +233,7 @@ def add_features_table(
     con.execute(
         "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (table, geometry_type, WGS84)
     )
+    add_spatial_index(con, table)
 
 
 def add_attributes_table(

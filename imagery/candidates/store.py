@@ -47,13 +47,17 @@ from shapely.geometry.polygon import orient
 from sitewatch.imagery.candidates.gpkg import (
     add_attributes_table,
     add_features_table,
+    add_spatial_index,
     geometry_blob,
+    gpkg_datetime,
+    has_spatial_index,
     init_geopackage,
     is_geopackage,
     now_iso,
     read_geometry,
     touch,
 )
+from sitewatch.imagery.candidates.gpkg import connect as gpkg_connect
 from sitewatch.imagery.candidates.sites import SitePoint, assign, site_distances
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, UsageError
 
@@ -84,6 +88,8 @@ SITE_INDEXES = (
 SCHEMA_VERSION = 1
 #: Seconds a writer waits for another writer (or a reader) before giving up.
 BUSY_TIMEOUT_S = 60.0
+#: Layers with a geometry (each has an R-tree spatial index).
+GEOMETRY_LAYERS = ("detections", "sites", "site_footprints")
 #: Layers (tables in ``gpkg_contents``) of a store.
 LAYERS = ("detections", "sites", "site_footprints", "reviews", "scenes", "runs", "sample", "sample_strata", "sitewatch")
 
@@ -357,7 +363,8 @@ class CandidateStore:
             no_chain = "chain" not in {r[1] for r in con.execute("PRAGMA table_info(reviews)")}
             indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             missing += [sql for sql in SITE_INDEXES if sql.split()[5] not in indexes]
-            if not missing and not no_chain:
+            no_rtree = [t for t in GEOMETRY_LAYERS if not has_spatial_index(con, t)]
+            if not missing and not no_chain and not no_rtree:
                 return
             try:
                 con.execute("BEGIN IMMEDIATE")
@@ -365,6 +372,8 @@ class CandidateStore:
                     con.execute("ALTER TABLE reviews ADD COLUMN chain TEXT")
                 for sql in missing:
                     con.execute(sql.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1))
+                for table in no_rtree:
+                    add_spatial_index(con, table)
                 con.execute("COMMIT")
             except sqlite3.Error:
                 if con.in_transaction:
@@ -382,7 +391,7 @@ class CandidateStore:
             raise OutputError(f"{path}: already exists; a new candidate store needs a new file")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with contextlib.closing(sqlite3.connect(tmp, isolation_level=None)) as con:
+            with contextlib.closing(gpkg_connect(tmp, isolation_level=None)) as con:
                 init_geopackage(con)
                 con.execute("BEGIN")
                 _create_layers(con)
@@ -411,7 +420,7 @@ class CandidateStore:
     # --- transactions -------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        return gpkg_connect(self.path, timeout=self.timeout, isolation_level=None)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -515,7 +524,7 @@ class CandidateStore:
             rows.append((
                 fid, geometry_blob(Polygon(d.ring)), f"det-{fid:07d}", d.scene, source[d.scene], acquired[d.scene],
                 d.cls, float(d.score), d.lon, d.lat, run_id, run.model, run.model_version, site_ids[i],
-                run.finished_at, *box,
+                gpkg_datetime(run.finished_at), *box,
             ))
         columns = ", ".join(c.split()[0] for c in _DETECTION_COLUMNS)
         if rows:  # an empty executemany still prepares the statement
@@ -532,7 +541,8 @@ class CandidateStore:
         con.execute(
             "INSERT INTO runs (run_id, started_at, finished_at, model, model_version, site_distance, added_at, record) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, run.started_at, run.finished_at, run.model, run.model_version, json.dumps(distances), now,
+            (run_id, gpkg_datetime(run.started_at), gpkg_datetime(run.finished_at), run.model, run.model_version,
+             json.dumps(distances), now,
              json.dumps({**run.record, "run_id": run_id})),
         )
         if detections:
