@@ -567,6 +567,40 @@ def export(run_dir: Path, out: Path, fmt: str | None, statuses: tuple[str, ...],
     click.echo(f"{out}: {n} site(s)")
 
 
+@cli.command()
+@_RUN_DIR
+@click.option("--cell", default="1km", show_default=True, help="Cell side: 1km, 500m, 750 (metres).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="File to write: .tif (GeoTIFF), .nc (NetCDF), .geojson or .gpkg (cell polygons).")
+@click.option("--status", "statuses", multiple=True, type=_STATUS,
+              help="Count only sites with this review status (repeat for several) [default: every candidate].")
+@click.option("--class", "classes", multiple=True, help="Only sites of this class (repeat for several).")
+@click.option("--no-dates", is_flag=True, help="One layer per vessel class, not one per acquisition date.")
+@click.option("--crs", default=None, help="Grid CRS in metres [default: the sites' UTM zone, or EPSG:6933 over > 6 degrees].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def density(run_dir: Path, cell: str, out: Path, statuses: tuple[str, ...], classes: tuple[str, ...], no_dates: bool,
+            crs: str | None, overwrite: bool) -> None:
+    """Count sites per grid cell and flag hotspots (Getis-Ord Gi*, 95%): a layer for QGIS and web maps.
+
+    \b
+    sitewatch density runs/delta --cell 1km --out delta-density.tif
+    sitewatch density runs/delta --cell 2km --status confirmed --out confirmed.gpkg
+    """
+    from sitewatch.imagery.candidates.density import density as run_density
+    from sitewatch.imagery.candidates.density import parse_cell, write_density
+    from sitewatch.imagery.candidates.store import CandidateStore
+
+    cell_m = parse_cell(cell)
+    ds = run_density(CandidateStore.in_run_dir(run_dir), cell_m, statuses=statuses or None, classes=classes or None,
+                     by_date=not no_dates, crs=crs)
+    write_density(ds, out, overwrite=overwrite)
+    hot = int((ds["hotspot"] == 1).sum())
+    cold = int((ds["hotspot"] == -1).sum())
+    click.echo(f"{out}: {ds.attrs['sites']} sites on {ds.sizes['x']} x {ds.sizes['y']} cells of {cell_m:g} m "
+               f"({ds.attrs['crs']}), {ds.sizes['layer']} layer(s): {', '.join(map(str, ds.layer.values))}; "
+               f"{hot} hot and {cold} cold cell(s) at 95% confidence")
+
+
 def _per_class(values: tuple[str, ...], flag: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for v in values:
