@@ -675,17 +675,20 @@ def estimate(run_dir: Path, sample_size: int | None, strata: int, seed: int | No
 @cli.command("review")
 @click.argument("run_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but loopback lets other machines read and change reviews.")
+              help="Address to listen on; a network address needs reviewer tokens (sitewatch reviewers add).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="On a network address: a host name reviewers open the page by (repeat for several).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port to listen on (0: any free port).")
 @click.option("--sample", is_flag=True, help="Open on the random sample drawn by `sitewatch estimate DIR --sample N`.")
 @click.option("--site", "site_id", default=None, help="Record one decision without the page: the site id (with --status).")
 @click.option("--status", type=click.Choice(["unreviewed", "confirmed", "rejected", "unsure"]), default=None,
               help="With --site: the decision.")
-@click.option("--reviewer", default=None, help="With --site: who decides [default: your login name].")
+@click.option("--reviewer", default=None,
+              help="Who decides: with --site, and on the page opened by the printed URL [default: your login name].")
 @click.option("--note", default="", help="With --site: a note kept with the decision.")
-def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str | None, status: str | None,
-                reviewer: str | None, note: str) -> None:
+def review_page(run_dir: Path, host: str, allow_hosts: tuple[str, ...], port: int, sample: bool, site_id: str | None,
+                status: str | None, reviewer: str | None, note: str) -> None:
     """Review a run's sites in the browser: serve the review page at http://127.0.0.1:8765/ until Ctrl-C.
 
     \b
@@ -698,21 +701,29 @@ def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str 
     """
     import signal
 
-    from sitewatch.imagery.review.server import is_loopback, make_server
+    from sitewatch.imagery.review.server import make_server
 
     if site_id is not None or status is not None:  # one decision from the command line
         if site_id is None or status is None:
             raise click.UsageError("--site and --status go together (or give neither to open the review page)")
         _record_review(run_dir, site_id, status, reviewer, note)
         return
-    server = make_server(run_dir, host, port, sample=sample,
+    server = make_server(run_dir, host, port, sample=sample, owner=reviewer, allow_hosts=allow_hosts,
                          log=lambda line: click.echo(f"sitewatch review: {line}", err=True))
-    if not is_loopback(host):
-        click.echo(f"sitewatch: warning: listening on {host}: anyone who can reach this machine on port "
-                   f"{server.server_address[1]} can read and change the reviews", err=True)
     summary = server.app.summary()
     what = f"the sample ({summary['sample']['sites']} sites)" if sample else f"{summary['sites']} sites"
-    click.echo(f"review {what} of {run_dir}: open {server.url} (Ctrl-C to stop)")
+    if server.loopback_only:
+        click.echo(f"review {what} of {run_dir} as {server.owner}: open {server.login_url} (Ctrl-C to stop)")
+    else:
+        names = [n for n, _, revoked in server.app.store.reviewers() if revoked is None]
+        bound, port_ = server.server_address[:2]
+        click.echo(f"sitewatch: listening on {bound}:{port_}, reachable from other machines: reviewers with "
+                   f"tokens ({', '.join(names)}) can read the {summary['sites']} sites of {run_dir}, their "
+                   "detections, image chips and scene quick-looks, and record reviews under their own names; "
+                   f"requests must name one of these hosts: {', '.join(sorted(server.allow_hosts))}. No encryption: "
+                   "put it behind an HTTPS proxy outside a trusted network", err=True)
+        click.echo(f"review {what} of {run_dir}: each reviewer opens http://HOST:{port_}/#token=THEIR_TOKEN "
+                   "(Ctrl-C to stop)")
 
     def _stop(signum: int, frame: object) -> None:  # `kill` stops it as cleanly as Ctrl-C
         raise KeyboardInterrupt
@@ -724,6 +735,48 @@ def review_page(run_dir: Path, host: str, port: int, sample: bool, site_id: str 
         click.echo("sitewatch review: stopped; every decision is saved", err=True)
     finally:
         server.server_close()
+
+
+@cli.group()
+def reviewers() -> None:
+    """Personal tokens for the review page: who may review a run, under their own name."""
+
+
+@reviewers.command("add")
+@click.argument("name")
+@_RUN_DIR
+def reviewers_add(name: str, run_dir: Path) -> None:
+    """Issue NAME a token for the review page of DIR (shown once; the run keeps only its hash)."""
+    from sitewatch.imagery.candidates.store import CandidateStore, check_reviewer
+
+    token = CandidateStore.in_run_dir(run_dir).add_reviewer(name)
+    who = check_reviewer(name)
+    click.echo(f"reviewer {who}: token {token}")
+    click.echo(f"give it to {who} privately; they open http://HOST:PORT/#token={token} "
+               "(sitewatch review prints HOST and PORT). It is not shown again: revoke it and add it anew if lost.")
+
+
+@reviewers.command("list")
+@_RUN_DIR
+def reviewers_list(run_dir: Path) -> None:
+    """The reviewers of DIR with a token, and when each was issued or revoked."""
+    from sitewatch.imagery.candidates.store import CandidateStore
+
+    rows = CandidateStore.in_run_dir(run_dir).reviewers()
+    for name, created, revoked in rows:
+        click.echo(f"{name}  issued {created}" + (f"  revoked {revoked}" if revoked else ""))
+    click.echo(f"{len(rows)} reviewer(s)")
+
+
+@reviewers.command("revoke")
+@click.argument("name")
+@_RUN_DIR
+def reviewers_revoke(name: str, run_dir: Path) -> None:
+    """Revoke NAME's token (their reviews stay in the log; their open pages stop working)."""
+    from sitewatch.imagery.candidates.store import CandidateStore
+
+    CandidateStore.in_run_dir(run_dir).revoke_reviewer(name)
+    click.echo(f"reviewer {name}: token revoked")
 
 
 #: Set by :func:`main` when it runs as the ``sitewatch`` program (not called from Python with

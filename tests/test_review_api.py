@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[ReviewServer]:
-    srv = make_server(run_dir, port=0)
+    srv = make_server(run_dir, port=0, owner="ana")
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -70,9 +71,22 @@ def _address(srv: Address) -> tuple[str, int]:
     return srv
 
 
+#: The per-start token of every server these tests start (by port), for their requests.
+TOKENS: dict[int, str] = {}
+
+
+def _auth(srv: Address) -> dict[str, str]:
+    """The bearer header of a server's per-start token (as the page's session stands for it)."""
+    if isinstance(srv, ReviewServer):
+        TOKENS[int(srv.server_address[1])] = srv.secret
+    token = TOKENS.get(_address(srv)[1])
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def request(srv: Address, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One raw request (the path is sent exactly as given, no normalisation)."""
+            headers: dict[str, str] | None = None, *, auth: bool = True) -> tuple[int, dict[str, str], bytes]:
+    """One raw request (the path is sent exactly as given, no normalisation), logged in unless ``auth=False``."""
+    headers = {**(_auth(srv) if auth else {}), **(headers or {})}
     host, port = _address(srv)
     con = http.client.HTTPConnection(host, port, timeout=20)
     try:
@@ -104,9 +118,10 @@ def exchange(srv: Address, data: bytes, *, half_close: bool = True) -> tuple[int
 
 
 def raw_request(srv: Address, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
-    """The bytes of a request with a ``Host`` of the server first, then ``headers`` (repeats allowed) as given."""
+    """The bytes of a request with a ``Host`` of the server first, its token, then ``headers`` (repeats allowed)."""
     host, port = _address(srv)
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers)]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in _auth(srv).items()),
+             *(f"{k}: {v}" for k, v in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -290,7 +305,7 @@ def test_review_rejects_bad_fields(server: ReviewServer, run_dir: Path) -> None:
         [1, 2], "confirmed", 5, None, True, {},                                # not an object
         {"status": "maybe", "reviewer": "ana"}, {"status": 1, "reviewer": "ana"},
         {"status": None, "reviewer": "ana"}, {"status": ["confirmed"], "reviewer": "ana"},
-        {"status": "confirmed"},                                               # no reviewer
+        {"status": "confirmed", "reviewer": "ben"},                            # not who is logged in
         {"status": "confirmed", "reviewer": "  "}, {"status": "confirmed", "reviewer": 5},
         {"status": "confirmed", "reviewer": ["ana"]}, {"status": "confirmed", "reviewer": {"name": "ana"}},
         {"status": "confirmed", "reviewer": "a" * 101}, {"status": "confirmed", "reviewer": "a\nb"},
@@ -493,7 +508,7 @@ def test_quicklook_is_only_a_png_inside_the_run_dir(run_dir: Path, tmp_path: Pat
     shutil.copytree(run_dir, copy)
     (copy / "quicklooks" / "link.png").symlink_to(secret)
     name, own = sqlite3.connect(copy / "candidates.gpkg").execute("SELECT scene, quicklook FROM scenes").fetchone()
-    srv = make_server(copy, port=0)
+    srv = make_server(copy, port=0, owner="ana")
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         for recorded in ("../secret.png", str(secret), "quicklooks/../../secret.png", "quicklooks/link.png",
@@ -526,7 +541,7 @@ def test_default_bind_is_loopback(run_dir: Path) -> None:
     assert DEFAULT_HOST == "127.0.0.1"
     host_option = next(p for p in cli.commands["review"].params if p.name == "host")
     assert host_option.default == DEFAULT_HOST
-    srv = make_server(run_dir, port=0)
+    srv = make_server(run_dir, port=0, owner="ana")
     try:
         assert srv.socket.getsockname()[0] == "127.0.0.1" and srv.loopback_only
         assert srv.url == f"http://127.0.0.1:{srv.server_address[1]}/"
@@ -598,7 +613,7 @@ def test_host_must_be_this_machine(server: ReviewServer, run_dir: Path) -> None:
                                             ("POST", f"/api/sites/{site_id}/review", good,
                                              {"Content-Type": "application/json", "Origin": f"http://{name}"})):
             status, headers, out = request(server, method, target, body, {"Host": name, **extra})
-            assert "not this machine" in assert_error(status, headers, out, 403, 403), (name, target)
+            assert "not a name of this server" in assert_error(status, headers, out, 403, 403), (name, target)
             assert headers["content-type"].startswith("application/json")  # never the page
     data = raw_request(server, "GET", "/api/sites", [("Host", "evil.example")])  # a second Host after ours
     assert_error(*exchange(server, data), 400, 400)
@@ -638,7 +653,7 @@ def test_a_bug_is_a_500_and_one_log_line(run_dir: Path, monkeypatch: pytest.Monk
     """A failure inside the app (here: one injected into a real server's app) answers 500 without
     detail and logs one line; nothing reaches stderr, the server goes on."""
     lines: list[str] = []
-    srv = make_server(run_dir, port=0, log=lines.append)
+    srv = make_server(run_dir, port=0, log=lines.append, owner="ana")
 
     def broken() -> dict[str, object]:
         raise RuntimeError("the summary broke\nin two lines")
@@ -659,16 +674,20 @@ def test_a_bug_is_a_500_and_one_log_line(run_dir: Path, monkeypatch: pytest.Monk
 
 
 def test_concurrent_reviews_lose_nothing(server: ReviewServer, run_dir: Path) -> None:
+    """Eight reviewers, each with their own token, review at once: every decision is kept, under
+    the name of the token that made it (whatever name a body might claim)."""
     store = CandidateStore.in_run_dir(run_dir)
     ids = [s.site_id for s in store.sites()][:4]
     before = len(store.reviews())
     threads, per_thread = 8, 6
     failures: list[object] = []
+    tokens = {k: store.add_reviewer(f"r{k}") for k in range(threads)}
 
     def work(k: int) -> None:
         for j in range(per_thread):
             status, out = post_review(server, ids[(k + j) % len(ids)],
-                                      {"status": STATUSES[(k + j) % 4], "note": f"t{k} n{j}", "reviewer": f"r{k}"})
+                                      {"status": STATUSES[(k + j) % 4], "note": f"t{k} n{j}"},
+                                      {"Authorization": f"Bearer {tokens[k]}"})
             if status != 200:
                 failures.append(out)
 
@@ -681,6 +700,7 @@ def test_concurrent_reviews_lose_nothing(server: ReviewServer, run_dir: Path) ->
     log = store.reviews()
     assert len(log) == before + threads * per_thread
     assert {r.note for r in log[before:]} == {f"t{k} n{j}" for k in range(threads) for j in range(per_thread)}
+    assert all(r.reviewer == f"r{r.note[1]}" for r in log[before:])  # note "t3 n1" was made with r3's token
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -730,8 +750,10 @@ def _url_port(proc: subprocess.Popen[str]) -> tuple[str, int]:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line and proc.poll() is not None:
             break
-    m = re.search(r"http://([\d.]+):(\d+)/", line)
+    m = re.search(r"http://([\d.]+):(\d+)/(?:#token=(\S+))?", line)
     assert m, line
+    if m.group(3):
+        TOKENS[int(m.group(2))] = m.group(3)
     return m.group(1), int(m.group(2))
 
 
@@ -752,10 +774,8 @@ def test_cli_serves_until_ctrl_c(run_dir: Path) -> None:
         assert host == "127.0.0.1"  # the default: loopback only
         if Path("/proc/net/tcp").exists():
             assert _listening(port) == {"127.0.0.1"}
-        con = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        con.request("GET", "/api/summary")
-        assert con.getresponse().status == 200
-        con.close()
+        assert request(("127.0.0.1", port), "GET", "/api/summary")[0] == 200  # with the printed link's token
+        assert request(("127.0.0.1", port), "GET", "/api/summary", auth=False)[0] == 401
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
@@ -811,23 +831,141 @@ def test_cli_server_refuses_without_traceback(run_dir: Path) -> None:
     assert err.splitlines() == ["sitewatch review: stopped; every decision is saved"], err
 
 
-def test_cli_warns_off_loopback(run_dir: Path) -> None:
-    """``--host 0.0.0.0``: a one-line warning; other machines' names are answered (they cannot be known
-    in advance), but a POST from another origin is still refused."""
-    with _review_server(str(run_dir), "--host", "0.0.0.0", "--port", "0") as proc:  # noqa: S104
-        _, port = _url_port(proc)
-        status, _, _ = request(("127.0.0.1", port), "GET", "/api/summary", headers={"Host": f"reviewer-box.lan:{port}"})
-        assert status == 200
-        site_id = CandidateStore.in_run_dir(run_dir).sites()[0].site_id
-        before = store_state(run_dir)
-        status, headers, body = request(("127.0.0.1", port), "POST", f"/api/sites/{site_id}/review",
-                                        json.dumps({"status": "rejected", "reviewer": "x"}).encode(),
-                                        {"Content-Type": "application/json", "Host": f"reviewer-box.lan:{port}",
-                                         "Origin": "http://evil.example"})
+def test_cli_off_loopback_needs_tokens_and_named_hosts(run_dir: Path, tmp_path: Path) -> None:
+    """``--host 0.0.0.0``: refused without reviewer tokens, and without --allow-host; then only a
+    reviewer's own token opens the API (not the per-start one), only under an allowed host name
+    (a rebinding page's name gets 403), and the terminal says exactly what is exposed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    copy = CandidateStore.in_run_dir(run)
+    for name, _, revoked in copy.reviewers():  # other tests' reviewers
+        if revoked is None:
+            copy.revoke_reviewer(name)
+    for args, needle in (((), "reviewers add"), (("--allow-host", "box.lan"), "reviewers add")):
+        r = subprocess.run(_sitewatch("review", str(run), "--host", "0.0.0.0", "--port", "0", *args),  # noqa: S104
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+    token = CandidateStore.in_run_dir(run).add_reviewer("ana")
+    r = subprocess.run(_sitewatch("review", str(run), "--host", "0.0.0.0", "--port", "0"),  # noqa: S104
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "--allow-host" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with _review_server(str(run), "--host", "0.0.0.0", "--port", "0", "--allow-host", "box.lan") as proc:  # noqa: S104
+        port = 0
+        while not port:
+            line = proc.stdout.readline() if proc.stdout else ""
+            m = re.search(r"http://HOST:(\d+)/", line)
+            port = int(m.group(1)) if m else 0
+        address = ("127.0.0.1", port)
+        ok = {"Host": f"box.lan:{port}"}
+        # no token, a wrong one: 401; the per-start token does not exist off loopback
+        assert request(address, "GET", "/api/summary", headers=ok, auth=False)[0] == 401
+        assert request(address, "GET", "/api/summary", headers={**ok, "Authorization": "Bearer sw_nope"}, auth=False)[0] == 401
+        mine = {**ok, "Authorization": f"Bearer {token}"}
+        assert request(address, "GET", "/api/summary", headers=mine, auth=False)[0] == 200
+        # DNS rebinding: the attacker's name for this machine is not an allowed host
+        status, headers, body = request(address, "GET", "/api/summary", headers={**mine, "Host": f"evil.example:{port}"},
+                                        auth=False)
+        assert "not a name of this server" in assert_error(status, headers, body, 403, 403)
+        site_id = CandidateStore.in_run_dir(run).sites()[0].site_id
+        before = store_state(run)
+        status, headers, body = request(address, "POST", f"/api/sites/{site_id}/review",
+                                        json.dumps({"status": "rejected"}).encode(),
+                                        {**mine, "Content-Type": "application/json", "Origin": "http://evil.example"},
+                                        auth=False)
         assert_error(status, headers, body, 403, 403)
-        assert store_state(run_dir) == before
+        assert store_state(run) == before
+        status, _, out = request(address, "POST", f"/api/sites/{site_id}/review", json.dumps({"status": "rejected"}).encode(),
+                                 {**mine, "Content-Type": "application/json"}, auth=False)
+        assert status == 200 and json.loads(out)["review"]["reviewer"] == "ana"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
-    warnings = [line for line in err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "read and change the reviews" in warnings[0], err
+    exposed = [line for line in err.splitlines() if "reachable from other machines" in line]
+    assert len(exposed) == 1 and "(ana)" in exposed[0] and "box.lan" in exposed[0], err
     assert "Traceback" not in err
+
+
+# --- who is reviewing -------------------------------------------------------------------------------
+
+
+def test_the_api_needs_a_login_and_the_session_names_the_reviewer(run_dir: Path, tmp_path: Path) -> None:
+    """Token-less calls get 401 (the page itself is served); the per-start token or a reviewer's
+    token opens a session (an HttpOnly, SameSite=Strict cookie); a revoked token ends its sessions."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    srv = make_server(run, port=0, owner="ana")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for path in ("/api/summary", "/api/sites", "/api/scenes", "/api/session", "/api/sites/kiln-000001/chip.png"):
+            status, headers, body = request(srv, "GET", path, auth=False)
+            assert "log in" in assert_error(status, headers, body, 401, 401), path
+        assert request(srv, "GET", "/", auth=False)[0] == 200
+        for token in ("", "nope", "sw_" + "x" * 32, srv.secret + "x"):
+            status, headers, body = request(srv, "POST", "/api/session", json.dumps({"token": token}).encode(),
+                                            {"Content-Type": "application/json"}, auth=False)
+            assert_error(status, headers, body, 401, 401)
+        status, headers, body = request(srv, "POST", "/api/session", json.dumps({"token": srv.secret}).encode(),
+                                        {"Content-Type": "application/json"}, auth=False)
+        assert status == 200 and json.loads(body) == {"reviewer": "ana"}
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        session = {"Cookie": cookie.split(";")[0]}
+        assert json.loads(request(srv, "GET", "/api/session", headers=session, auth=False)[2]) == {"reviewer": "ana"}
+        store = CandidateStore.in_run_dir(run)
+        ben = store.add_reviewer("ben")
+        status, headers, _ = request(srv, "POST", "/api/session", json.dumps({"token": ben}).encode(),
+                                     {"Content-Type": "application/json"}, auth=False)
+        ben_session = {"Cookie": headers["set-cookie"].split(";")[0]}
+        site_id = store.sites()[0].site_id
+        status, _, out = request(srv, "POST", f"/api/sites/{site_id}/review", json.dumps({"status": "unsure"}).encode(),
+                                 {**ben_session, "Content-Type": "application/json"}, auth=False)
+        assert status == 200 and json.loads(out)["review"]["reviewer"] == "ben" == store.site(site_id).reviewer
+        store.revoke_reviewer("ben")
+        assert request(srv, "GET", "/api/summary", headers=ben_session, auth=False)[0] == 401
+        assert request(srv, "GET", "/api/summary", headers={"Authorization": f"Bearer {ben}"}, auth=False)[0] == 401
+        assert request(srv, "GET", "/api/summary", headers=session, auth=False)[0] == 200  # ana's session goes on
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_loopback_is_decided_from_the_bound_address(run_dir: Path) -> None:
+    """``--host 127.1`` binds 127.0.0.1: loopback, so the Host check and the per-start token hold."""
+    srv = make_server(run_dir, "127.1", 0, owner="ana")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert srv.loopback_only
+        port = srv.server_address[1]
+        status, headers, body = request(srv, "GET", "/api/summary", headers={"Host": f"rebound.example:{port}"})
+        assert_error(status, headers, body, 403, 403)
+        assert request(srv, "GET", "/api/summary")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_reviewers_cli_issues_lists_and_revokes_tokens(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    out = subprocess.run(_sitewatch("reviewers", "add", "Car  la", str(run)), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    token = re.search(r"token (sw_\S+)", out.stdout).group(1)  # type: ignore[union-attr]
+    store = CandidateStore.in_run_dir(run)
+    assert store.reviewer_for_token(token) == "Car la"
+    with sqlite3.connect(run / "candidates.gpkg") as con:  # only the hash is kept
+        assert token not in json.dumps(con.execute("SELECT * FROM reviewers").fetchall())
+    again = subprocess.run(_sitewatch("reviewers", "add", "Car la", str(run)), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already has a token" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    bidi = subprocess.run(_sitewatch("reviewers", "add", "ana\u202e", str(run)), capture_output=True, text=True, timeout=60)
+    assert bidi.returncode == 2 and "U+202E" in bidi.stderr
+    listed = subprocess.run(_sitewatch("reviewers", "list", str(run)), capture_output=True, text=True, timeout=60)
+    assert "Car la  issued" in listed.stdout
+    gone = subprocess.run(_sitewatch("reviewers", "revoke", "Car la", str(run)), capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and store.reviewer_for_token(token) is None

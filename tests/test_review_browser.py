@@ -40,10 +40,13 @@ class Served:
     """A review server running in a thread."""
 
     def __init__(self, run_dir: Path, **kw: Any) -> None:
+        kw.setdefault("owner", "ana")
         self.server: ReviewServer = make_server(run_dir, port=0, **kw)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.url = self.server.url
+        #: The link ``sitewatch review`` prints: the page with this start's token, which logs the page in.
+        self.url = self.server.login_url
+        self.base = self.server.url
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -126,8 +129,8 @@ def test_review_with_keys_and_restart(browser: Any, run_dir: Path) -> None:
         assert p.chip_width() > 0
         assert p.page.inner_text("#progress-text") == f"0 / {total} reviewed"
 
-        p.page.fill("#reviewer", "ana")
-        p.page.keyboard.press("Escape")  # leave the field: keys review again
+        assert p.page.inner_text("#reviewer") == "ana"  # who the link logs in as
+        assert "#token" not in p.page.url  # the token leaves the address bar
         decided: dict[str, str] = {}
         for key, status in (("y", "confirmed"), ("n", "rejected"), ("u", "unsure"), ("y", "confirmed")):
             site = p.selected()
@@ -177,8 +180,6 @@ def test_review_with_keys_and_restart(browser: Any, run_dir: Path) -> None:
         assert p.chip_width() > 0
 
         # the README's screenshot: a real run with reviewed sites, a kiln seen on both dates selected
-        p.page.fill("#reviewer", "ana")
-        p.page.keyboard.press("Escape")
         w, south, e, n = store.scenes()[0].bounds_lonlat
         kiln = max((s for s in store.sites(cls="kiln", status="unreviewed") if s.n_detections == 2),
                    key=lambda s: min(s.lon - w, e - s.lon, s.lat - south, n - s.lat)).site_id  # far from the edges
@@ -190,7 +191,7 @@ def test_review_with_keys_and_restart(browser: Any, run_dir: Path) -> None:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         p.page.screenshot(path=str(SCREENSHOT))
         assert not p.errors(), p.errors()
-        origin = second.url.rstrip("/")
+        origin = second.base.rstrip("/")
         outside = [u for u in p.requests if not (u.startswith(origin + "/") or u.startswith("data:"))]
         assert not outside, outside
     finally:
@@ -260,12 +261,14 @@ RUN = "run <img src=x onerror=window.__pwned=7>"
 
 
 def _post_review(url: str, site_id: str, doc: dict[str, str]) -> None:
-    """Record a decision through the JSON API, from the page's own origin."""
+    """Record a decision through the JSON API, from the page's own origin, with the link's token."""
     u = urlsplit(url)
+    token = u.fragment.removeprefix("token=")
     con = http.client.HTTPConnection(u.hostname or "", u.port, timeout=20)
     try:
         con.request("POST", f"/api/sites/{quote(site_id, safe='')}/review", json.dumps(doc).encode(),
-                    {"Content-Type": "application/json", "Origin": f"http://{u.netloc}"})
+                    {"Content-Type": "application/json", "Origin": f"http://{u.netloc}",
+                     "Authorization": f"Bearer {token}"})
         r = con.getresponse()
         body = r.read()
         assert r.status == 200, body
@@ -286,9 +289,9 @@ def test_markup_in_the_store_is_text(browser: Any, tmp_path: Path, add_scene: Ad
     store = CandidateStore.create(run / "candidates.gpkg")
     add_scene(store, SCENE, [(CLASS, 88.40, 22.60, 0.9), ("kiln", 88.42, 22.60, 0.4)], acquired="2024-01-05")
     site_id = next(s.site_id for s in store.sites(cls=CLASS))
-    s = Served(run)
+    s = Served(run, owner=REVIEWER)  # the reviewer's name, as the server knows it, holds markup
     try:
-        _post_review(s.url, site_id, {"status": "unsure", "note": NOTE, "reviewer": REVIEWER})
+        _post_review(s.url, site_id, {"status": "unsure", "note": NOTE})
         p = Page(browser, s.url, csp=csp)
         policy = p.response.headers["content-security-policy"]
         assert "script-src 'nonce-" in policy and "unsafe-inline" not in policy and "unsafe-eval" not in policy
@@ -337,12 +340,11 @@ def test_page_works_under_its_csp(browser: Any, served: Served, run_dir: Path) -
     assert p.page.eval_on_selector_all("#map-scenes image", "ims => ims.length") == 2
 
     site = p.selected()
-    p.page.fill("#reviewer", "csp")
-    p.page.keyboard.press("Escape")
+    expect(p.page.locator("#reviewer")).to_have_text("ana")  # logged in by the link's token, under the CSP
     p.page.keyboard.press("n")
     expect(p.page.locator("#site-id")).not_to_have_text(site)
     expect(p.page.locator("#save-state")).to_have_text("all decisions saved")
-    assert CandidateStore.in_run_dir(run_dir).site(site).reviewer == "csp"
+    assert CandidateStore.in_run_dir(run_dir).site(site).reviewer == "ana"
     assert not p.errors(), p.errors()
 
     # the policy is enforced: a script element without the nonce does not run
@@ -383,3 +385,18 @@ def test_a_long_list_loads_page_by_page_as_the_reviewer_goes(browser: Any, tmp_p
         assert not [m for m in p.errors() if m[0] == "pageerror"]
     finally:
         served.stop()
+
+
+def test_the_page_logs_in_by_the_token_in_its_link(browser: Any, served: Served, run_dir: Path) -> None:
+    """Without a token the page shows no site and says how to log in; a reviewer's own link logs
+    them in under their name (the token is then gone from the address bar)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 800}, bypass_csp=True)
+    page.goto(served.base)
+    expect(page.locator("#message")).to_have_text(re.compile("log in.*#token="))
+    assert page.eval_on_selector_all("#list tbody tr[data-id]", "rows => rows.length") == 0
+    page.close()
+    token = CandidateStore.in_run_dir(run_dir).add_reviewer("dina")
+    p = Page(browser, f"{served.base}#token={token}")
+    expect(p.page.locator("#reviewer")).to_have_text("dina")
+    assert "#token" not in p.page.url and len(p.rows()) > 0
+    assert not p.errors(), p.errors()

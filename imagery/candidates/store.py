@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -364,7 +365,8 @@ class CandidateStore:
             indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             missing += [sql for sql in SITE_INDEXES if sql.split()[5] not in indexes]
             no_rtree = [t for t in GEOMETRY_LAYERS if not has_spatial_index(con, t)]
-            if not missing and not no_chain and not no_rtree:
+            no_reviewers = "reviewers" not in _tables(con)
+            if not missing and not no_chain and not no_rtree and not no_reviewers:
                 return
             try:
                 con.execute("BEGIN IMMEDIATE")
@@ -374,6 +376,8 @@ class CandidateStore:
                     con.execute(sql.replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1))
                 for table in no_rtree:
                     add_spatial_index(con, table)
+                if no_reviewers:
+                    _add_reviewers_table(con)
                 con.execute("COMMIT")
             except sqlite3.Error:
                 if con.in_transaction:
@@ -660,6 +664,56 @@ class CandidateStore:
                                         "outside sitewatch; see sitewatch sites DIR --check, and re-review those sites "
                                         "(sitewatch review) to restore them")
 
+    # --- reviewers ----------------------------------------------------------------------
+
+    def add_reviewer(self, name: str) -> str:
+        """Issue reviewer ``name`` a personal token for the review page; returns the token.
+
+        The store keeps only the token's SHA-256: show the token to its owner once.
+
+        Raises:
+            UsageError: a bad name (see :func:`check_reviewer`), or ``name`` already has a token.
+        """
+        name = check_reviewer(name)
+        token = "sw_" + secrets.token_urlsafe(24)
+        with self.write() as con:
+            row = con.execute("SELECT revoked_at FROM reviewers WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] is None:
+                raise UsageError(f"reviewer {name!r} already has a token; revoke it first "
+                                 f"(sitewatch reviewers revoke {name} DIR) to issue a new one")
+            con.execute("DELETE FROM reviewers WHERE name = ?", (name,))
+            con.execute("INSERT INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)",
+                        (name, token_hash(token), now_iso()))
+        return token
+
+    def revoke_reviewer(self, name: str) -> None:
+        """Revoke ``name``'s token (their reviews stay in the log).
+
+        Raises:
+            NotFoundError: no reviewer of that name holds a token.
+        """
+        with self.write() as con:
+            cur = con.execute("UPDATE reviewers SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                              (now_iso(), name))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"reviewer {name!r}: holds no token in {self.path}; "
+                                    "list them with sitewatch reviewers list DIR")
+
+    def reviewers(self) -> list[tuple[str, str, str | None]]:
+        """``(name, created_at, revoked_at)`` of every reviewer issued a token, by name."""
+        with self.read() as con:
+            return [tuple(r) for r in con.execute(  # type: ignore[misc]
+                "SELECT name, created_at, revoked_at FROM reviewers ORDER BY name")]
+
+    def reviewer_for_token(self, token: str) -> str | None:
+        """The reviewer whose live token ``token`` is, else ``None``."""
+        if not isinstance(token, str) or not token.startswith("sw_") or len(token) > 200:
+            return None
+        with self.read() as con:
+            row = con.execute("SELECT name FROM reviewers WHERE token_sha256 = ? AND revoked_at IS NULL",
+                              (token_hash(token),)).fetchone()
+        return row[0] if row else None
+
     # --- reading ------------------------------------------------------------------------
 
     def sites(
@@ -933,6 +987,17 @@ def _site_filter(
     return where, args
 
 
+def _add_reviewers_table(con: sqlite3.Connection) -> None:
+    add_attributes_table(con, "reviewers", ("name TEXT NOT NULL UNIQUE", "token_sha256 TEXT NOT NULL UNIQUE",
+                                            "created_at DATETIME NOT NULL", "revoked_at DATETIME"),
+                         "reviewers of the review page and the SHA-256 of their tokens")
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 (hex) of a reviewer token: what the store keeps instead of the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def _tables(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -960,6 +1025,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
         "score_max DOUBLE", "n_sites INTEGER NOT NULL", "n_sample INTEGER NOT NULL", "frame_max_fid INTEGER NOT NULL",
         "drawn_at DATETIME NOT NULL", "seed INTEGER NOT NULL"), "strata of each sample draw")
     add_attributes_table(con, "sitewatch", ("key TEXT NOT NULL UNIQUE", "value TEXT"), "sitewatch store metadata")
+    _add_reviewers_table(con)
     con.executemany("INSERT INTO sitewatch (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", now_iso())])
     for statement in (*_EXTRA_SCHEMA, *AUDIT_TRIGGERS.values(), *SITE_INDEXES):

@@ -13,12 +13,23 @@ POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note
 GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
 GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
 GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
+GET      ``/api/session``                   who the request is logged in as
+POST     ``/api/session``                   log in ``{"token"}``: sets the session cookie
 =======  =================================  =============================================
 
 Safety, for a server that holds reviewers' decisions and reads files:
 
-* It binds 127.0.0.1 unless told otherwise; on a loopback address it answers only requests
-  whose ``Host`` is a loopback name (so a web page cannot reach it by DNS rebinding).
+* Every API call is authenticated (401 otherwise): by the ``HttpOnly``, ``SameSite=Strict``
+  session cookie the page gets by posting the token of the link it was opened with, or by
+  ``Authorization: Bearer TOKEN``. A token is the per-start secret in the link
+  ``sitewatch review`` prints (loopback only; it logs in as whoever started the server) or a
+  reviewer's own token (``sitewatch reviewers add NAME DIR``; the store keeps its SHA-256).
+  The review log records the authenticated name, never one the client sends.
+* It binds 127.0.0.1 unless told otherwise; whether it is loopback is decided from the
+  address bound. On a loopback address it answers only requests whose ``Host`` is a
+  loopback name (so a web page cannot reach it by DNS rebinding); on a network address it
+  needs reviewer tokens (the per-start secret is off) and answers only the host names of
+  ``--allow-host`` and the bound address.
 * Nothing is served by joining a request path onto the filesystem: ids and scene names are
   looked up in the store (SQL parameters), and a quick-look's file comes from the store's
   record of that scene, resolved and checked to lie inside the run directory.
@@ -36,6 +47,7 @@ Safety, for a server that holds reviewers' decisions and reads files:
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import ipaddress
 import json
@@ -49,6 +61,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,7 +72,7 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon, box
 
-from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection
+from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection, check_reviewer
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
 from sitewatch.imagery.review.page import render_page
 from sitewatch.imagery.scenes.georef import from_lonlat, ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
@@ -101,6 +114,10 @@ SOCKET_TIMEOUT_S = 30.0
 #: and the reset can discard the answer (a 413 for a body too long) before the client reads it.
 LINGER_S = 2.0
 LINGER_BYTES = 1024 * 1024
+#: Seconds a review page session lasts.
+SESSION_S = 12 * 3600.0
+#: Name of the session cookie.
+SESSION_COOKIE = "sw_session"
 #: Host names that are this machine (the ``Host`` header on a loopback-bound server).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -162,6 +179,7 @@ ROUTES: tuple[Route, ...] = (
     Route("chip", ("api", "sites", "{id}", "chip.png"), params=frozenset({"scene", "v"}),
           lookups=frozenset({"scene"})),
     Route("scenes", ("api", "scenes")),
+    Route("session", ("api", "session"), methods=("GET", "POST")),
     Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
 )
 
@@ -412,8 +430,12 @@ class ReviewApp:
         ]
         return out
 
-    def post_review(self, site_id: str, body: object) -> dict[str, Any]:
+    def post_review(self, site_id: str, body: object, reviewer: str | None = None) -> dict[str, Any]:
         """``POST /api/sites/{id}/review``: validate the body and record the decision.
+
+        ``reviewer`` is the authenticated reviewer (the server passes it): the log records
+        that name, and a body's ``reviewer``, if given, must be the same person. Without it
+        (a caller of this class in Python) the body must name the reviewer.
 
         Raises:
             HTTPError: 404 unknown site, 400 a bad body.
@@ -434,7 +456,13 @@ class ReviewApp:
             raise HTTPError(400, "note: must be a string")
         if len(note) > MAX_NOTE:
             raise HTTPError(400, f"note: {len(note)} characters; at most {MAX_NOTE}")
-        reviewer = body.get("reviewer")
+        said = body.get("reviewer")
+        if reviewer is not None:
+            if said is not None and (not isinstance(said, str) or " ".join(said.split()) != reviewer):
+                raise HTTPError(400, f"reviewer: you are logged in as {reviewer}; the log records that name "
+                                     "(leave reviewer out of the body)")
+            said = reviewer
+        reviewer = said
         if not isinstance(reviewer, str) or not reviewer.strip():
             raise HTTPError(400, "reviewer: give the reviewer's name (a non-empty string)")
         if len(reviewer) > MAX_REVIEWER:
@@ -733,16 +761,67 @@ def is_loopback(host: str) -> bool:
 
 
 class ReviewServer(ThreadingHTTPServer):
-    """The review server: one thread per connection, the :class:`ReviewApp` in ``app``."""
+    """The review server: one thread per connection, the :class:`ReviewApp` in ``app``.
+
+    Every API call is authenticated (:meth:`authenticate`): by the session cookie the page
+    gets from ``POST /api/session``, or by ``Authorization: Bearer TOKEN``. A token is the
+    server's per-start :attr:`secret` (loopback only: whoever started the server, recorded
+    as :attr:`owner`) or a reviewer's own token (``sitewatch reviewers add``).
+    """
 
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], app: ReviewApp, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, address: tuple[str, int], app: ReviewApp, *, log: Callable[[str], None] | None = None,
+                 owner: str = "reviewer", allow_hosts: Sequence[str] = ()) -> None:
         self.app = app
         self.log = log
-        self.loopback_only = is_loopback(address[0])
         super().__init__(address, _Handler)
+        #: Decided from the address bound (``127.1`` and ``localhost`` are loopback too).
+        self.loopback_only = is_loopback(str(self.server_address[0]))
+        #: Per-start secret: the token in the URL ``sitewatch review`` prints (loopback only).
+        self.secret = secrets.token_urlsafe(24)
+        self.owner = owner
+        #: Host names a request may name when bound to a network address.
+        self.allow_hosts = {h.strip("[]").lower() for h in allow_hosts}
+        self._sessions: dict[str, tuple[str, float]] = {}
+        self._session_lock = threading.Lock()
+
+    @property
+    def login_url(self) -> str:
+        """The page's URL with the per-start token (in the fragment: never sent to a server or a log)."""
+        return f"{self.url}#token={self.secret}"
+
+    def reviewer_for(self, token: str) -> str | None:
+        """Who ``token`` authenticates: the owner for the per-start secret (loopback), a reviewer for theirs."""
+        if not isinstance(token, str) or len(token) > 200:
+            return None
+        if self.loopback_only and hmac.compare_digest(token.encode(), self.secret.encode()):
+            return self.owner
+        return self.app.store.reviewer_for_token(token)
+
+    def new_session(self, reviewer: str) -> str:
+        """A session id for ``reviewer``, valid for :data:`SESSION_S` seconds."""
+        sid = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._session_lock:
+            for k in [k for k, (_, exp) in self._sessions.items() if exp < now]:
+                del self._sessions[k]
+            self._sessions[sid] = (reviewer, now + SESSION_S)
+        return sid
+
+    def session_reviewer(self, sid: str) -> str | None:
+        """The reviewer of a live session, else ``None``."""
+        with self._session_lock:
+            entry = self._sessions.get(sid)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        # a revoked reviewer token ends its sessions too
+        if entry[0] != self.owner or not self.loopback_only:
+            live = {name for name, _, revoked in self.app.store.reviewers() if revoked is None}
+            if entry[0] not in live:
+                return None
+        return entry[0]
 
     @property
     def url(self) -> str:
@@ -781,7 +860,8 @@ class _ReviewServer6(ReviewServer):
 
 
 def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
-                log: Callable[[str], None] | None = None) -> ReviewServer:
+                log: Callable[[str], None] | None = None, owner: str | None = None,
+                allow_hosts: Sequence[str] = ()) -> ReviewServer:
     """A review server for ``run_dir``, bound and ready for ``serve_forever()`` (``port=0``: any free port).
 
     Args:
@@ -790,18 +870,47 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
         port: TCP port; 0 picks a free one (see ``server.url``).
         sample: the page opens on the review sample of ``sitewatch estimate``.
         log: called with one line per server-side failure (never a traceback).
+        owner: who the per-start token logs in as (loopback only); default the OS account.
+        allow_hosts: host names reviewers use to reach a server on a network address (the
+            ``Host`` header must name one of them, or the bound address itself).
 
     Raises:
         InputError: no store in ``run_dir`` (or ``sample`` and no sample drawn).
-        UsageError: the address cannot be bound (port in use, unknown host).
+        UsageError: the address cannot be bound (port in use, unknown host); a network
+            address without reviewer tokens, or on every interface without ``allow_hosts``.
     """
     app = ReviewApp(run_dir, sample=sample)
+    who = check_reviewer(owner or _os_user())
     cls = _ReviewServer6 if ":" in host.strip("[]") else ReviewServer
     try:
-        return cls((host.strip("[]"), port), app, log=log)
+        server = cls((host.strip("[]"), port), app, log=log, owner=who, allow_hosts=allow_hosts)
     except OSError as exc:
         raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
                          "pick another --port, or check --host") from None
+    if not server.loopback_only:
+        bound = str(server.server_address[0])
+        problem = None
+        if not any(revoked is None for _, _, revoked in app.store.reviewers()):
+            problem = (f"--host {host}: other machines could reach the reviews, and no reviewer has a token; "
+                       f"issue one each first: sitewatch reviewers add NAME {run_dir}")
+        elif bound in ("0.0.0.0", "::") and not server.allow_hosts:  # noqa: S104 - naming the wildcard
+            problem = (f"--host {host}: listening on every interface; name the host names reviewers will "
+                       "open (--allow-host review.example.org --allow-host 10.0.0.5)")
+        if problem:
+            server.server_close()
+            raise UsageError(problem)
+        if bound not in ("0.0.0.0", "::"):  # noqa: S104
+            server.allow_hosts.add(bound.lower())
+    return server
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "reviewer"
 
 
 def serve(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
@@ -813,7 +922,7 @@ def serve(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     server = make_server(run_dir, host, port, sample=sample, log=log)
     with server:
         if on_ready is not None:
-            on_ready(server.url)
+            on_ready(server.login_url)
         server.serve_forever()
 
 
@@ -885,8 +994,13 @@ class _Handler(BaseHTTPRequestHandler):
                 allowed = ", ".join(route.methods)
                 raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
             _no_params(query, route.params)
+            reviewer = None
+            if route.name != "page" and not (route.name == "session" and method == "POST"):
+                reviewer = self._authenticate()
             if route.name == "page":
                 self._send_page()
+            elif route.name == "session":
+                self._session(method, reviewer)
             elif route.name == "summary":
                 self._send_json(200, app.summary())
             elif route.name == "sites":
@@ -895,7 +1009,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, app.site_detail(args[0]))
             elif route.name == "review":
                 app.require_site(args[0])  # 404 before reading a body for a site that does not exist
-                self._send_json(200, app.post_review(args[0], self._read_json()))
+                self._send_json(200, app.post_review(args[0], self._read_json(), reviewer))
             elif route.name == "chip":
                 scene = _one(query, "scene", "") or None
                 self._send(200, "image/png", app.chip(args[0], scene), {"Cache-Control": "private, max-age=3600"})
@@ -942,24 +1056,59 @@ class _Handler(BaseHTTPRequestHandler):
         return parts, query
 
     def _check_host(self) -> None:
-        """On a loopback-bound server, answer only to loopback host names (no DNS rebinding).
+        """Answer only to the host names this server is reached by (no DNS rebinding).
 
-        The port is not checked: a page reached through a tunnel (``ssh -L 9000:127.0.0.1:8765``)
-        names the tunnel's port, and a rebinding attack needs a host name, not a port.
+        On a loopback address: loopback names only. On a network address: the names of
+        ``--allow-host`` and the bound address. The port is not checked: a page reached
+        through a tunnel (``ssh -L 9000:127.0.0.1:8765``) names the tunnel's port, and a
+        rebinding attack needs a host name, not a port.
         """
         hosts = self.headers.get_all("Host") or []
         if len(hosts) > 1:
             raise HTTPError(400, "send one Host header")
-        if not self.server.loopback_only:
-            return
         host = hosts[0] if hosts else ""
         if not host:  # an HTTP/1.0 tool without a Host header: no web page can send that
             return
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if host.startswith("[") and "]" in host:
             name = host[1:host.index("]")]
-        if not is_loopback(name):
-            raise HTTPError(403, f"Host {host[:100]!r} is not this machine; open the page at {self.server.url}")
+        ok = is_loopback(name) if self.server.loopback_only else name.lower() in self.server.allow_hosts
+        if not ok:
+            raise HTTPError(403, f"Host {host[:100]!r} is not a name of this server; open the page at the URL "
+                                 "sitewatch review printed")
+
+    def _authenticate(self) -> str:
+        """The reviewer of the request's session cookie or bearer token; 401 without one."""
+        auth = self.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            name = self.server.reviewer_for(auth[7:].strip())
+            if name is not None:
+                return name
+            raise HTTPError(401, "the token is not valid (revoked, or from an earlier start of the server)",
+                            {"WWW-Authenticate": "Bearer"})
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(self.headers.get("Cookie", ""))
+        morsel = cookies.get(SESSION_COOKIE)
+        if morsel is not None:
+            name = self.server.session_reviewer(morsel.value)
+            if name is not None:
+                return name
+        raise HTTPError(401, "log in: open the URL sitewatch review printed, or use your reviewer token",
+                        {"WWW-Authenticate": "Bearer"})
+
+    def _session(self, method: str, reviewer: str | None) -> None:
+        """``GET /api/session``: who is logged in. ``POST {"token"}``: log in (sets the session cookie)."""
+        if method == "GET":
+            self._send_json(200, {"reviewer": reviewer})
+            return
+        body = self._read_json()
+        token = body.get("token") if isinstance(body, dict) else None
+        name = self.server.reviewer_for(token) if isinstance(token, str) else None
+        if name is None:
+            raise HTTPError(401, "the token is not valid (revoked, or from an earlier start of the server)")
+        cookie = f"{SESSION_COOKIE}={self.server.new_session(name)}; Path=/; HttpOnly; SameSite=Strict"
+        self._send_json(200, {"reviewer": name}, {"Set-Cookie": cookie})
 
     def _check_origin(self) -> None:
         """Refuse a state change from another origin (cross-site request forgery)."""

@@ -44,14 +44,17 @@
     });
   }
 
-  // --- reviewer name -------------------------------------------------------------------
+  // --- who reviews: the server says, from the token this page was opened with ---------
   var reviewer = $("reviewer");
-  try { reviewer.value = localStorage.getItem("sitewatch.reviewer") || ""; } catch { /* storage off */ }
-  reviewer.addEventListener("input", function () {
-    try { localStorage.setItem("sitewatch.reviewer", reviewer.value.trim()); } catch { /* storage off */ }
-    reviewer.classList.remove("bad");
-    if (state.askedName) { state.askedName = false; message(""); }
-  });
+  function login() {
+    var m = /[#&]token=([^&]+)/.exec(location.hash);
+    var ask = m ? api("/api/session", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({token: decodeURIComponent(m[1])})
+    }) : api("/api/session");
+    if (m) { history.replaceState(null, "", location.pathname + location.search); }  // the token leaves the address bar
+    return ask.then(function (r) { reviewer.textContent = r.reviewer; return r; });
+  }
 
   // --- summary and progress ------------------------------------------------------------
   function loadSummary() {
@@ -345,14 +348,7 @@
   // --- decisions -----------------------------------------------------------------------
   function decide(status) {
     if (state.sel < 0) { return; }
-    var name = reviewer.value.trim();
-    if (!name) {
-      message("Type your name in Reviewer (top right) first; it is remembered.", true);
-      state.askedName = true;
-      reviewer.classList.add("bad");
-      reviewer.focus();
-      return;
-    }
+    var name = reviewer.textContent;
     var i = state.sel, s = state.sites[i];
     var before = {status: s.status, note: s.note, reviewer: s.reviewer, reviewed_at: s.reviewed_at};
     var note = $("note").value;
@@ -363,7 +359,7 @@
     progress();
     state.pending += 1;
     saveState();
-    var body = JSON.stringify({status: status, note: note, reviewer: name});
+    var body = JSON.stringify({status: status, note: note});
     state.queue = state.queue.then(function () {
       return api("/api/sites/" + enc(s.id) + "/review", {
         method: "POST", headers: {"Content-Type": "application/json"}, body: body
@@ -590,7 +586,10 @@
     $("f-st-" + s).addEventListener("change", function (e) { e.target.blur(); loadSites(); });
   });
   saveState();
-  Promise.all([loadSummary(), api("/api/scenes")]).then(function (res) {
+  login().catch(function (err) {
+    throw new Error(err.message + ". Open the page with the URL that sitewatch review printed, or the one your " +
+                    "coordinator gave you (it ends in #token=...)");
+  }).then(function () { return Promise.all([loadSummary(), api("/api/scenes")]); }).then(function (res) {
     var summary = res[0];
     state.scenes = res[1].scenes;
     summary.classes.forEach(function (c) { $("f-class").appendChild(el("option", null, c)); });
@@ -604,10 +603,6 @@
       fit();
       if (state.sel >= 0) { if (state.detail) { drawFootprint(state.detail.footprint); } updateRow(state.sel); }
       document.body.dataset.ready = "1";
-      if (!reviewer.value) {
-        message("Type your name in Reviewer (top right), then review with y / n / u.");
-        state.askedName = true;
-      }
     });
   }).catch(function (err) { message("Could not start: " + err.message, true); });
 })();
