@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             # the page's CSP forbids the evaluated wait below; bypass it (nothing else runs)
             page = browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=True)
-            page.goto(server.url)
+            page.goto(server.login_url)  # the link with this start's token logs the page in
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             page.wait_for_function("() => { const i = document.getElementById('chip');"
                                    " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
