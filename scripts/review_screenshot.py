@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="run directory (holds candidates.gpkg)")
     ap.add_argument("out", type=Path, help="PNG to write")
     ap.add_argument("--chip-only", action="store_true", help="save the chip element only")
+    ap.add_argument("--site", default=None, help="select this site first [default: the page's first]")
     args = ap.parse_args(argv)
     try:
         from playwright.sync_api import sync_playwright
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=True)
             page.goto(server.login_url)  # the link with this start's token logs the page in
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            if args.site:
+                page.click(f"#list tbody tr[data-id='{args.site}']")
+                page.wait_for_function("s => document.getElementById('site-id').textContent === s", arg=args.site)
             page.wait_for_function("() => { const i = document.getElementById('chip');"
                                    " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
             args.out.parent.mkdir(parents=True, exist_ok=True)
