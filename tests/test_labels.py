@@ -444,6 +444,18 @@ def test_coco_bound_by_prefix_to_band_directory(tmp_path: Path, make_geotiff: Ma
     np.testing.assert_allclose(out.scenes[0].boxes, [[5, 6, 12, 14]])
 
 
+def test_coco_bound_to_a_band_directory_whose_name_has_an_underscore(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
+    """``los_angeles_rgb.tiff`` is the ``los_angeles`` directory (sen2ships-partial names it so),
+    not a scene called ``los``."""
+    (tmp_path / "los_angeles").mkdir()
+    for band in BANDS:
+        make_geotiff(64, 64, bands=1, transform=UTM, name=f"los_angeles/{band}.tif")
+    la = open_scene(tmp_path / "los_angeles", BANDS)
+    doc = coco([(1, "los_angeles_rgb.tiff", 64, 64)], [(1, 1, 1, [1, 2, 3, 4])])
+    out = read_labels([write(tmp_path, "c.json", doc)], [la], opts())
+    np.testing.assert_allclose(out.scenes[0].boxes, [[1, 2, 4, 6]])
+
+
 def test_coco_bind_option(tmp_path: Path, make_geotiff: MakeGeoTiff) -> None:
     scene = utm_scene(make_geotiff, "s2_tile.tif")
     doc = coco([(1, "frame_0001.jpg", 64, 64)], [(3, 1, 1, [1, 2, 3, 4])])

@@ -923,7 +923,8 @@ def _bind_image(
 
     ``coco_bind`` (by full ``file_name`` or its base name) comes first; then, case-insensitively
     and in this order: the scene file's name, its stem, the scene's name equal to the image
-    stem, the scene's name equal to the stem's part before the first ``_`` or ``-``.
+    stem, to the stem without its last ``_``/``-`` part (``los_angeles_rgb`` is ``los_angeles``),
+    or to the stem's part before the first ``_`` or ``-``.
     """
     base = re.split(r"[\\/]", file_name)[-1]
     bound = dict(coco_bind)
@@ -935,10 +936,12 @@ def _bind_image(
         return None, f"labels.coco_bind maps it to {target}, not one of the scenes"
     stem = Path(base).stem.casefold()
     prefix = re.split(r"[_-]", stem, maxsplit=1)[0]
+    head = re.split(r"[_-](?=[^_-]*$)", stem, maxsplit=1)[0]
     tests = (
         lambda s: Path(s.source).name.casefold() == base.casefold(),
         lambda s: Path(s.source).stem.casefold() == stem,
         lambda s: s.name.casefold() == stem,
+        lambda s: s.name.casefold() == head,
         lambda s: s.name.casefold() == prefix,
     )
     for test in tests:
