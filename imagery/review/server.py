@@ -784,7 +784,8 @@ class ReviewServer(ThreadingHTTPServer):
         self.owner = owner
         #: Host names a request may name when bound to a network address.
         self.allow_hosts = {h.strip("[]").lower() for h in allow_hosts}
-        self._sessions: dict[str, tuple[str, float]] = {}
+        #: session id -> (reviewer, expiry, opened by a reviewer token rather than the per-start secret)
+        self._sessions: dict[str, tuple[str, float, bool]] = {}
         self._session_lock = threading.Lock()
 
     @property
@@ -800,14 +801,14 @@ class ReviewServer(ThreadingHTTPServer):
             return self.owner
         return self.app.store.reviewer_for_token(token)
 
-    def new_session(self, reviewer: str) -> str:
-        """A session id for ``reviewer``, valid for :data:`SESSION_S` seconds."""
+    def new_session(self, reviewer: str, *, by_token: bool) -> str:
+        """A session id for ``reviewer``, valid for :data:`SESSION_S` seconds (``by_token``: a reviewer's own token)."""
         sid = secrets.token_urlsafe(32)
         now = time.monotonic()
         with self._session_lock:
-            for k in [k for k, (_, exp) in self._sessions.items() if exp < now]:
+            for k in [k for k, (_, exp, _t) in self._sessions.items() if exp < now]:
                 del self._sessions[k]
-            self._sessions[sid] = (reviewer, now + SESSION_S)
+            self._sessions[sid] = (reviewer, now + SESSION_S, by_token)
         return sid
 
     def session_reviewer(self, sid: str) -> str | None:
@@ -817,7 +818,7 @@ class ReviewServer(ThreadingHTTPServer):
         if entry is None or entry[1] < time.monotonic():
             return None
         # a revoked reviewer token ends its sessions too
-        if entry[0] != self.owner or not self.loopback_only:
+        if entry[2]:
             live = {name for name, _, revoked in self.app.store.reviewers() if revoked is None}
             if entry[0] not in live:
                 return None
@@ -1107,7 +1108,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = self.server.reviewer_for(token) if isinstance(token, str) else None
         if name is None:
             raise HTTPError(401, "the token is not valid (revoked, or from an earlier start of the server)")
-        cookie = f"{SESSION_COOKIE}={self.server.new_session(name)}; Path=/; HttpOnly; SameSite=Strict"
+        by_token = not hmac.compare_digest(str(token).encode(), self.server.secret.encode())
+        cookie = f"{SESSION_COOKIE}={self.server.new_session(name, by_token=by_token)}; Path=/; HttpOnly; SameSite=Strict"
         self._send_json(200, {"reviewer": name}, {"Set-Cookie": cookie})
 
     def _check_origin(self) -> None:
