@@ -13,8 +13,13 @@ each stratum is scaled up to the stratum.
   confirmed or rejected and ``p_h`` the confirmed share among them::
 
       N^ = sum_h N_h p_h
-      Var(N^) = sum_h N_h^2 (1 - n_h / N_h) p_h (1 - p_h) / (n_h - 1)
+      Var(N^) = sum_h N_h^2 (1 - n_h / N_h) q_h (1 - q_h) / (n_h - 1),  q_h = (k_h + 2) / (n_h + 4)
       95% interval: N^ +- 1.96 SE, clipped to [confirmed sites, candidates - rejected sites]
+
+  ``q_h`` is the Agresti-Coull share (two confirmed and two rejected added, for the variance
+  only): with the plain share ``p_h``, a stratum whose sample is all confirmed (or all
+  rejected) would claim no sampling error at all, and a small sample of clear kilns would
+  give a zero-width interval. The point estimate uses ``p_h``.
 
   ``unsure`` and not yet reviewed sample members are left out of ``n_h`` (assumed to be
   like the decided ones of their stratum); the result also gives ``N^`` with every
@@ -104,10 +109,10 @@ def stratified_estimate(sizes: Sequence[int], reviewed: Sequence[int], confirmed
         if n < min(2, big_n):
             raise UsageError(f"stratum {h + 1}: {n} reviewed (confirmed or rejected) of {big_n} sites; "
                              "review at least 2 of its sample")
-        p = k / n
-        est += big_n * p
+        est += big_n * k / n
         if n < big_n:
-            var += big_n**2 * (1 - n / big_n) * p * (1 - p) / (n - 1)
+            q = (k + 2) / (n + 4)  # Agresti-Coull: never a zero variance from an all-alike sample
+            var += big_n**2 * (1 - n / big_n) * q * (1 - q) / (n - 1)
     return est, math.sqrt(var)
 
 
@@ -350,7 +355,7 @@ def estimate_document(estimates: Sequence[ClassEstimate]) -> dict[str, Any]:
         "what": "estimated number of real sites among the candidate sites per class (sites the detector missed "
                 "are not counted unless with_missed is given, which divides by the detector's recall)",
         "method": "stratified random sample by score; N = sum_h N_h p_h, Var = sum_h N_h^2 (1 - n_h/N_h) "
-                  "p_h (1 - p_h) / (n_h - 1); 95% interval N +- 1.96 SE clipped to [confirmed, candidates - rejected]",
+                  "q_h (1 - q_h) / (n_h - 1) with q_h = (k_h + 2) / (n_h + 4) (Agresti-Coull); 95% interval N +- 1.96 SE clipped to [confirmed, candidates - rejected]",
         "computed_at": now_iso(),
         "classes": {e.cls: asdict(e) for e in estimates},
     }
