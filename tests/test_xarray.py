@@ -144,6 +144,12 @@ def test_an_array_scene_reads_the_windows_a_file_scene_reads(make_geotiff) -> No
         np.testing.assert_array_equal(fo[0], ao[0])
         np.testing.assert_array_equal(fo[1], ao[1])
         assert a.overview(30)[0].shape == f.overview(30)[0].shape
+    # a crop is georeferenced where it lies, and reads the file's pixels there
+    crop = scene_from_dataarray(da.isel(x=slice(10, 50), y=slice(20, 70)), BANDS)
+    assert (crop.width, crop.height) == (40, 50)
+    assert crop.affine == file_scene.affine * file_scene.affine.translation(10, 20)
+    with SceneReader(file_scene) as f, SceneReader(crop) as a:
+        np.testing.assert_array_equal(f.read(10, 20, 40, 50)[0], a.read(0, 0, 40, 50)[0])
     # NaN marks no data in a float array that has no nodata value
     floats = da.astype("float32").where(da != 0).rio.write_nodata(None, encoded=False)
     with SceneReader(scene_from_dataarray(floats.rename("f"), BANDS)) as a:
@@ -158,3 +164,16 @@ def test_tiny_chunks_get_a_plan_warning(make_geotiff) -> None:
     assert any("rechunk" in w and src == "xarray:g" for src, w in p.warnings)
     p = plan([_array(make_geotiff).chunk({"y": 64, "x": 64})], "demo", DetectSettings(tile_size=128, overlap=32))
     assert not any("rechunk" in w for _, w in p.warnings)
+
+
+@demo
+def test_a_dask_backed_array_runs_on_a_distributed_cluster(scene_file: Path, tmp_path: Path) -> None:
+    """Each task gets the array's graph (pickled) and reads its windows from the file in the worker."""
+    from distributed import Client, LocalCluster
+
+    from_file = detect([scene_file], "demo", tmp_path / "file", SETTINGS)
+    da = sitewatch.open_scene(scene_file, chunks=256)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        on_cluster = detect(da, "demo", tmp_path / "cluster", SETTINGS, scheduler=cluster.scheduler_address)
+    _same_detections(from_file, on_cluster)
