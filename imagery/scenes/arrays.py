@@ -31,6 +31,7 @@ import numpy as np
 
 from sitewatch.imagery.errors import BandError, InputError, NotGeoreferencedError, UsageError
 from sitewatch.imagery.scenes.scene import (
+    RASTER_SUFFIXES,
     SUPPORTED_DTYPES,
     ArraySource,
     BandSource,
@@ -120,7 +121,8 @@ def scene_from_dataarray(
     if crs is None:
         raise NotGeoreferencedError(source, "DataArray has no CRS; set one with da.rio.write_crs('EPSG:32633') "
                                             "(import rioxarray) and retry")
-    has_transform = "GeoTransform" in da.coords.get(rio.grid_mapping, da).attrs if rio.grid_mapping in da.coords else False
+    grid_mapping = rio.grid_mapping
+    has_transform = grid_mapping in da.coords and "GeoTransform" in da.coords[grid_mapping].attrs
     if not has_transform and (x_dim not in da.coords or y_dim not in da.coords):
         raise NotGeoreferencedError(source, "DataArray has no transform (no x/y coordinates and no GeoTransform); "
                                             "set one with da.rio.write_transform(Affine(...)) and retry")
@@ -206,10 +208,14 @@ def open_scene_array(path: str | Path, *, chunks: int | dict[str, int] | None = 
     p = Path(path)
     files: list[tuple[str | None, str]]
     if p.is_dir():
-        found = sorted((band_name_in(f.name), str(f)) for f in p.iterdir() if f.is_file() and band_name_in(f.name))
-        if not found:
-            raise InputError(p, "directory holds no single-band files named by band (B02...)")
-        files = list(found)
+        by_band: dict[str, str] = {}
+        for f in sorted(p.iterdir()):
+            band = band_name_in(f.name)
+            if band and f.is_file() and f.suffix.lower() in RASTER_SUFFIXES:
+                by_band.setdefault(band, str(f))  # the first file of a band wins, as detect's band directories
+        if not by_band:
+            raise InputError(p, "directory holds no single-band raster files named by band (B02...)")
+        files = sorted(by_band.items(), key=lambda kv: kv[0])
     else:
         files = [(None, str(path))]
     # The same checks and messages as detect's file input (missing, not a raster, no CRS...).
@@ -235,7 +241,11 @@ def open_scene_array(path: str | Path, *, chunks: int | dict[str, int] | None = 
         else:
             names = [f"band_{i + 1}" for i in range(arr.sizes["band"])]
         parts.append(arr.assign_coords(band=names))
-    da = parts[0] if len(parts) == 1 else xr.concat(parts, dim="band", join="exact", combine_attrs="drop_conflicts")
+    try:
+        da = parts[0] if len(parts) == 1 else xr.concat(parts, dim="band", join="exact", combine_attrs="drop_conflicts")
+    except ValueError:  # join="exact": the files' x/y coordinates differ
+        raise BandError(p, "band files are not on the same grid (size or transform differ); resample the bands "
+                           "to one grid") from None
     if da.sizes["band"] > 1:
         da = da.chunk({"band": -1})
     return da.rename(name or (p.name if p.is_dir() else p.stem))
