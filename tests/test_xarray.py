@@ -177,3 +177,21 @@ def test_a_dask_backed_array_runs_on_a_distributed_cluster(scene_file: Path, tmp
             Client(cluster):
         on_cluster = detect(da, "demo", tmp_path / "cluster", SETTINGS, scheduler=cluster.scheduler_address)
     _same_detections(from_file, on_cluster)
+
+
+def test_a_cf_style_array_as_odc_geo_writes_it_is_georeferenced(make_geotiff) -> None:
+    """No rioxarray metadata: x/y pixel-centre coordinates and a ``spatial_ref`` coordinate holding
+    the CRS as WKT (what odc-geo and CF writers give) are enough."""
+    path = make_geotiff(width=40, height=30, descriptions=BANDS, name="cf.tif")
+    file_scene = sitewatch.imagery.scenes.scene.open_scene(path, BANDS)
+    with rasterio.open(path) as src:
+        pixels, t, wkt = src.read(), src.transform, src.crs.to_wkt()
+    da = xr.DataArray(
+        pixels, dims=("band", "y", "x"), name="cf",
+        coords={"band": ["blue", "green", "red", "nir"], "x": t.c + t.a * (np.arange(40) + 0.5),
+                "y": t.f + t.e * (np.arange(30) + 0.5), "spatial_ref": ((), 0, {"crs_wkt": wkt, "spatial_ref": wkt})},
+    )
+    scene = scene_from_dataarray(da, BANDS)
+    assert scene.affine.almost_equals(file_scene.affine) and scene.crs_wkt == file_scene.crs_wkt
+    with SceneReader(file_scene) as f, SceneReader(scene) as a:
+        np.testing.assert_array_equal(f.read(0, 0, 40, 30)[0], a.read(0, 0, 40, 30)[0])
