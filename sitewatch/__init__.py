@@ -4,6 +4,10 @@ The Python API mirrors the command line::
 
     from sitewatch import detect, DetectSettings
     summary = detect(["scene.tif"], model="vessels-s2", out="runs/port")
+
+    # or from an xarray.DataArray (band, y, x), e.g. a lazy, Dask-backed scene:
+    from sitewatch import open_scene
+    summary = detect(open_scene("scene.tif"), model="vessels-s2", out="runs/port-xr")
 """
 
 from typing import TYPE_CHECKING, Any
@@ -12,8 +16,9 @@ from sitewatch.imagery.errors import SitewatchError
 
 if TYPE_CHECKING:
     from sitewatch.imagery.detect.pipeline import DetectSettings, RunSummary, detect
+    from sitewatch.imagery.scenes.arrays import open_scene_array as open_scene
 
-__all__ = ["DetectSettings", "RunSummary", "SitewatchError", "detect"]
+__all__ = ["DetectSettings", "RunSummary", "SitewatchError", "detect", "open_scene"]
 __version__ = "0.1.0"
 
 
@@ -24,4 +29,8 @@ def __getattr__(name: str) -> Any:
         import sitewatch.imagery.detect.pipeline
 
         return getattr(sitewatch.imagery.detect.pipeline, name)
+    if name == "open_scene":
+        from sitewatch.imagery.scenes.arrays import open_scene_array
+
+        return open_scene_array
     raise AttributeError(f"module 'sitewatch' has no attribute {name!r}")

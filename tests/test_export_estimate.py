@@ -120,7 +120,8 @@ def test_gpkg_export_opens_in_gdal(planted, tmp_path):
     store, _, _ = planted
     out = tmp_path / "sites.gpkg"
     assert export_sites(store, out, statuses=["confirmed", "rejected", "unsure"]) == 5
-    assert [list(x) for x in pyogrio.list_layers(out)] == [["sites", "Polygon"]]
+    # the sites, and QGIS's style table that colours them by status (a table, not a layer, to QGIS)
+    assert [list(x) for x in pyogrio.list_layers(out)] == [["sites", "Polygon"], ["layer_styles", None]]
     info = pyogrio.read_info(out, layer="sites")
     assert info["crs"] == "EPSG:4326" and info["features"] == 5 and {"site_id", "status", "class"} <= set(info["fields"])
     assert info["capabilities"]["fast_spatial_filter"]  # GDAL sees the R-tree

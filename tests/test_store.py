@@ -73,7 +73,7 @@ def test_geopackage_header_pragmas_and_srs(tmp_path):
     store = CandidateStore.create(tmp_path / "c.gpkg")
     with gpkg_connect(store.path) as con:
         assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID == 0x47504B47
-        assert con.execute("PRAGMA user_version").fetchone()[0] == USER_VERSION == 10300
+        assert con.execute("PRAGMA user_version").fetchone()[0] == USER_VERSION == 10400
         srs = {r[0]: r[1] for r in con.execute("SELECT srs_id, organization FROM gpkg_spatial_ref_sys")}
         assert srs == {-1: "NONE", 0: "NONE", 4326: "EPSG"}
         kinds = dict(con.execute("SELECT table_name, data_type FROM gpkg_contents"))

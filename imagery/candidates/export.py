@@ -29,6 +29,7 @@ from shapely.geometry.polygon import orient
 
 from sitewatch.imagery.candidates.gpkg import add_features_table, connect, geometry_blob, init_geopackage, touch
 from sitewatch.imagery.candidates.store import CandidateStore, Site
+from sitewatch.imagery.candidates.styles import add_status_style
 from sitewatch.imagery.errors import OutputError, UsageError
 
 #: Export formats and the file suffixes that imply them.
@@ -158,11 +159,13 @@ def sites_csv(sites: Sequence[Site]) -> str:
 
 
 def _write_gpkg(path: Path, sites: Sequence[Site]) -> None:
-    """A GeoPackage with one Polygon layer ``sites`` (footprints and properties)."""
+    """A GeoPackage with one Polygon layer ``sites`` (footprints and properties), coloured by
+    review status in QGIS (its default style in ``layer_styles``)."""
     with contextlib.closing(connect(path, isolation_level=None)) as con:
         init_geopackage(con)
         con.execute("BEGIN")
         add_features_table(con, "sites", "POLYGON", _GPKG_COLUMNS, "sitewatch sites (footprints) and reviews")
+        add_status_style(con, "sites", polygon=True)
         columns = [c.split()[0] for c in _GPKG_COLUMNS]
         rows = []
         for s in sites:

@@ -1,4 +1,4 @@
-"""A minimal GeoPackage 1.3 writer and reader on the standard library's ``sqlite3``.
+"""A minimal GeoPackage 1.4 writer and reader on the standard library's ``sqlite3``.
 
 Enough of the OGC GeoPackage encoding for QGIS, GDAL and ``pyogrio`` to open the file
 directly: the ``application_id``/``user_version`` pragmas, ``gpkg_spatial_ref_sys`` with
@@ -25,8 +25,10 @@ from shapely.geometry.base import BaseGeometry
 
 #: ``PRAGMA application_id``: the ASCII letters "GPKG".
 APPLICATION_ID = 0x47504B47
-#: ``PRAGMA user_version`` of GeoPackage 1.3.0.
-USER_VERSION = 10300
+#: ``PRAGMA user_version`` of GeoPackage 1.4.0: the version whose R-tree triggers (``update5``
+#: to ``update7`` in place of ``update1``/``update3``) :data:`_RTREE_TRIGGERS` are. GDAL's
+#: ``validate_gpkg.py`` refuses those triggers in a file that says it is 1.3.
+USER_VERSION = 10400
 #: The only CRS sitewatch writes: WGS 84 longitude/latitude.
 WGS84 = 4326
 
@@ -246,6 +248,40 @@ def add_attributes_table(
         "INSERT INTO gpkg_contents (table_name, data_type, identifier, description) VALUES (?, 'attributes', ?, ?)",
         (table, table, description),
     )
+
+
+#: QGIS's table of layer styles, as QGIS creates it in a GeoPackage (an attributes table).
+LAYER_STYLES = "layer_styles"
+_LAYER_STYLE_COLUMNS = (
+    "f_table_catalog TEXT(256)", "f_table_schema TEXT(256)", "f_table_name TEXT(256)",
+    "f_geometry_column TEXT(256)", "styleName TEXT(30)", "styleQML TEXT", "styleSLD TEXT", "useAsDefault BOOLEAN",
+    "description TEXT", "owner TEXT(30)", "ui TEXT(30)", "update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+)
+
+
+def add_layer_style(con: sqlite3.Connection, table: str, name: str, qml: str, sld: str = "",
+                    description: str = "", *, column: str = "geom", default: bool = True) -> None:
+    """Store a QGIS style (QML, and SLD) for ``table.column`` in the ``layer_styles`` table.
+
+    The table is created as QGIS creates it (and registered in ``gpkg_contents`` as an
+    attributes table) when missing. A style of the same name for the same layer is
+    replaced; with ``default``, it becomes the layer's only default style, which QGIS
+    applies when the layer is opened. Catalog and schema are empty, as QGIS writes them.
+    """
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if LAYER_STYLES not in tables:
+        add_attributes_table(con, LAYER_STYLES, _LAYER_STYLE_COLUMNS, "QGIS layer styles", pk="id")
+    if default:
+        con.execute(f"UPDATE {LAYER_STYLES} SET useAsDefault = 0 WHERE f_table_name = ? AND f_geometry_column = ?",  # noqa: S608
+                    (table, column))
+    con.execute(f"DELETE FROM {LAYER_STYLES} WHERE f_table_name = ? AND f_geometry_column = ? AND styleName = ?",  # noqa: S608
+                (table, column, name))
+    con.execute(
+        f"INSERT INTO {LAYER_STYLES} (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName, "  # noqa: S608
+        "styleQML, styleSLD, useAsDefault, description, owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, ?, ?, '', NULL, ?)",
+        (table, column, name, qml, sld, int(default), description, now_iso()),
+    )
+    touch(con, LAYER_STYLES)
 
 
 def touch(con: sqlite3.Connection, table: str, bounds: tuple[float, float, float, float] | None = None) -> None:

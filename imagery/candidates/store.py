@@ -22,6 +22,9 @@ the standard library's ``sqlite3`` (see :mod:`sitewatch.imagery.candidates.gpkg`
 ``scenes``, ``runs``, ``sample``, ``sample_strata``, ``sitewatch`` (attributes)
     the scenes in the store (date, lon/lat bounds, quick-look), the runs that added them,
     the review sample of ``sitewatch estimate`` and the store's schema version.
+``layer_styles`` (attributes)
+    QGIS's style table: ``sites`` has a default style coloured by ``status``
+    (:mod:`sitewatch.imagery.candidates.styles`), so the layer opens coloured in QGIS.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction under a busy timeout, so reviewers and a
 ``detect --append`` run writing at the same time wait for each other and lose nothing.
@@ -46,6 +49,8 @@ from shapely.geometry import Point, Polygon
 from shapely.geometry.polygon import orient
 
 from sitewatch.imagery.candidates.gpkg import (
+    LAYER_STYLES,
+    USER_VERSION,
     add_attributes_table,
     add_features_table,
     add_spatial_index,
@@ -60,6 +65,7 @@ from sitewatch.imagery.candidates.gpkg import (
 )
 from sitewatch.imagery.candidates.gpkg import connect as gpkg_connect
 from sitewatch.imagery.candidates.sites import SitePoint, assign, site_distances
+from sitewatch.imagery.candidates.styles import add_status_style
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, UsageError
 
 #: File name of the store in a run directory.
@@ -92,7 +98,8 @@ BUSY_TIMEOUT_S = 60.0
 #: Layers with a geometry (each has an R-tree spatial index).
 GEOMETRY_LAYERS = ("detections", "sites", "site_footprints")
 #: Layers (tables in ``gpkg_contents``) of a store.
-LAYERS = ("detections", "sites", "site_footprints", "reviews", "scenes", "runs", "sample", "sample_strata", "sitewatch")
+LAYERS = ("detections", "sites", "site_footprints", "reviews", "scenes", "runs", "sample", "sample_strata", "sitewatch",
+          "layer_styles")
 
 _DETECTION_COLUMNS = (
     "det_id TEXT NOT NULL UNIQUE", "scene TEXT NOT NULL", "scene_source TEXT", "acquired DATE",
@@ -353,8 +360,9 @@ class CandidateStore:
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Give a store made by an older sitewatch the review log's triggers, its hash chain column
-        and the list's indexes (a no-op when present).
+        """Give a store made by an older sitewatch the review log's triggers, its hash chain column,
+        the list's indexes, the R-tree indexes, the QGIS style of ``sites`` and the GeoPackage
+        version of its triggers (a no-op when present).
 
         A store on a read-only medium is left as it is; its :meth:`check` still works.
         """
@@ -366,7 +374,9 @@ class CandidateStore:
             missing += [sql for sql in SITE_INDEXES if sql.split()[5] not in indexes]
             no_rtree = [t for t in GEOMETRY_LAYERS if not has_spatial_index(con, t)]
             no_reviewers = "reviewers" not in _tables(con)
-            if not missing and not no_chain and not no_rtree and not no_reviewers:
+            no_style = not _has_style(con, "sites")
+            old_version = con.execute("PRAGMA user_version").fetchone()[0] < USER_VERSION
+            if not (missing or no_chain or no_rtree or no_reviewers or no_style or old_version):
                 return
             try:
                 con.execute("BEGIN IMMEDIATE")
@@ -378,6 +388,10 @@ class CandidateStore:
                     add_spatial_index(con, table)
                 if no_reviewers:
                     _add_reviewers_table(con)
+                if no_style:
+                    add_status_style(con, "sites")
+                if old_version:  # GeoPackage 1.3 stores: their R-tree triggers are already 1.4's
+                    con.execute(f"PRAGMA user_version = {USER_VERSION}")
                 con.execute("COMMIT")
             except sqlite3.Error:
                 if con.in_transaction:
@@ -998,6 +1012,14 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _has_style(con: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` has a default QGIS style in ``layer_styles``."""
+    if LAYER_STYLES not in _tables(con):
+        return False
+    return con.execute(f"SELECT 1 FROM {LAYER_STYLES} WHERE f_table_name = ? AND useAsDefault = 1",  # noqa: S608
+                       (table,)).fetchone() is not None
+
+
 def _tables(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -1026,6 +1048,7 @@ def _create_layers(con: sqlite3.Connection) -> None:
         "drawn_at DATETIME NOT NULL", "seed INTEGER NOT NULL"), "strata of each sample draw")
     add_attributes_table(con, "sitewatch", ("key TEXT NOT NULL UNIQUE", "value TEXT"), "sitewatch store metadata")
     _add_reviewers_table(con)
+    add_status_style(con, "sites")
     con.executemany("INSERT INTO sitewatch (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", now_iso())])
     for statement in (*_EXTRA_SCHEMA, *AUDIT_TRIGGERS.values(), *SITE_INDEXES):

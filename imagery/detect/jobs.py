@@ -57,8 +57,9 @@ def fingerprint(doc: Mapping[str, Any]) -> str:
 
 
 def scene_signature(scene: Scene) -> str:
-    """Sizes and modification times of a scene's local files (remote files: their paths only)."""
-    parts = []
+    """Sizes and modification times of a scene's local files (remote files: their paths only); an
+    array scene's Dask token (its graph's name, or a hash of a NumPy array's pixels)."""
+    parts = [] if scene.array is None else [f"array:{scene.array.token}:{scene.array.picks}"]
     for f in scene.files:
         if f.startswith("/vsi"):
             parts.append(f)

@@ -44,6 +44,7 @@ from sitewatch.imagery.detect.worker import (
 from sitewatch.imagery.errors import InputError, OutputError, SitewatchError, UsageError
 from sitewatch.imagery.models.checkpoint import ModelSpec
 from sitewatch.imagery.models.registry import resolve_model
+from sitewatch.imagery.scenes.arrays import chunk_warning, is_dataarray, scene_from_dataarray
 from sitewatch.imagery.scenes.georef import ground_pixel_m
 from sitewatch.imagery.scenes.inputs import expand_inputs, open_input
 from sitewatch.imagery.scenes.scene import Scene
@@ -53,15 +54,20 @@ __all__ = ["DetectSettings", "Plan", "RunSummary", "SceneResult", "Task", "detec
 
 log = logging.getLogger(__name__)
 
+#: What ``detect`` and ``plan`` take as scenes: paths (files, directories, globs, lists, STAC,
+#: URLs) and ``xarray.DataArray`` scenes, or one of them alone.
+SceneInputs = str | Path | Any | Sequence[Any]
 
-def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettings, *,
+
+def plan(inputs: SceneInputs, model: str | Path, settings: DetectSettings, *,
          recursive: bool = False, skip_unopenable: bool = False) -> Plan:
     """Resolve the model, expand and open every scene, and build their tile grids.
 
     Args:
         inputs: scene files, band directories, directories of scenes, globs, list files
             (``@list.txt``), STAC Item/ItemCollection files or URLs (see
-            :func:`sitewatch.imagery.scenes.inputs.expand_inputs`).
+            :func:`sitewatch.imagery.scenes.inputs.expand_inputs`), and ``xarray.DataArray``
+            scenes (see :func:`sitewatch.imagery.scenes.arrays.scene_from_dataarray`).
         model: a shipped model name or a checkpoint path.
         settings: tiling and inference settings.
         recursive: walk directories of scenes (and ``**`` globs) into subdirectories.
@@ -72,27 +78,48 @@ def plan(inputs: Sequence[str | Path], model: str | Path, settings: DetectSettin
     Raises:
         SitewatchError: on any problem, before anything is read or written.
     """
-    if not inputs:
+    groups = _input_groups(inputs)
+    if not groups:
         raise UsageError("no INPUT given: name at least one scene file or band directory")
     ckpt = resolve_model(model)
     loaded = load_model(ckpt)
     s = settings.resolved(loaded.spec)
     scenes = []
     unopened: list[tuple[str, InputError]] = []
-    for item in expand_inputs(inputs, recursive=recursive):
-        try:
-            scenes.append(open_input(item, loaded.spec.bands, s.bands))
-        except InputError as exc:
-            if not skip_unopenable:
-                raise
-            unopened.append((item.source, exc))
+    for group in groups:
+        if is_dataarray(group):  # an array is opened as given: a bad one is the caller's to fix
+            scenes.append(scene_from_dataarray(group, loaded.spec.bands, s.bands))
+            continue
+        for item in expand_inputs(group, recursive=recursive):
+            try:
+                scenes.append(open_input(item, loaded.spec.bands, s.bands))
+            except InputError as exc:
+                if not skip_unopenable:
+                    raise
+                unopened.append((item.source, exc))
     if not scenes:
         if len(unopened) == 1:
             raise unopened[0][1]
         raise InputError(f"{len(unopened)} inputs", f"none could be opened, nothing was written; the first: {unopened[0][1]}")
     grids = tuple(TileGrid(sc.width, sc.height, s.tile_size, s.overlap) for sc in scenes)  # type: ignore[arg-type]
     warnings = tuple((sc.source, w) for sc in scenes if (w := resolution_warning(sc, loaded.spec)) is not None)
+    warnings += tuple((sc.source, w) for sc in scenes if (w := chunk_warning(sc, s.tile_size)) is not None)  # type: ignore[arg-type]
     return Plan(loaded, str(model), tuple(scenes), grids, s, tuple(unopened), warnings)
+
+
+def _input_groups(inputs: SceneInputs) -> list[Any]:
+    """``inputs`` as consecutive runs of paths (expanded together) and single DataArrays, in order."""
+    if is_dataarray(inputs) or isinstance(inputs, str | Path):
+        inputs = [inputs]  # type: ignore[list-item]
+    groups: list[Any] = []
+    for item in inputs:  # type: ignore[union-attr]
+        if is_dataarray(item):
+            groups.append(item)
+        elif groups and isinstance(groups[-1], list):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 #: A scene whose ground pixel size differs from the model's by more than this factor (either
@@ -162,7 +189,7 @@ def build_graph(p: Plan) -> list[Any]:
 
 
 def detect(
-    inputs: Sequence[str | Path],
+    inputs: SceneInputs,
     model: str | Path,
     out: str | Path,
     settings: DetectSettings | None = None,
@@ -188,7 +215,12 @@ def detect(
 
     Args:
         inputs: scenes: files, band directories, directories of scenes, globs, list files,
-            STAC files or URLs (see :func:`sitewatch.imagery.scenes.inputs.expand_inputs`).
+            STAC files or URLs (see :func:`sitewatch.imagery.scenes.inputs.expand_inputs`), and
+            ``xarray.DataArray`` scenes (dims ``band, y, x``; CRS and transform as rioxarray
+            reads them; band names as band coordinates; the scene named by ``da.name``),
+            NumPy- or Dask-backed. An array is tiled on the model's grid like a file, each task
+            computing only its tiles' windows (see :mod:`sitewatch.imagery.scenes.arrays`). A
+            single path or DataArray may be given without a list.
         model: a shipped model name (``vessels-s2``) or a checkpoint path.
         out: run directory for ``candidates.gpkg``, ``detections.geojson``, ``run.json``,
             ``map.html`` and ``quicklooks/``.

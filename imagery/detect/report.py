@@ -81,7 +81,8 @@ def run_record(summary: RunSummary, quicklooks: Mapping[str, tuple[str, float]] 
             "height": r.scene.height,
             "crs": r.scene.crs_wkt,
             "transform": list(r.scene.transform),
-            "bands": [{"name": b.name, "file": b.path, "resolved": str(Path(b.path).resolve()), "index": b.index}
+            "bands": [{"name": b.name, "file": b.path, "resolved": None if r.scene.array is not None else str(Path(b.path).resolve()),
+                       "index": b.index}
                       for b in r.scene.bands],
             "files": r.stats.files if r.stats else {},
             "tiles": {"total": r.tiles_total, "skipped": r.tiles_skipped, "failed": r.tiles_failed, "grid": list(grid.shape)},

@@ -1,8 +1,10 @@
-"""Scenes: one raster file, or a set of single-band files on one grid.
+"""Scenes: one raster file, a set of single-band files on one grid, or an array.
 
 A :class:`Scene` is a small, picklable description (paths, band mapping, grid, CRS);
 pixel data is read window by window inside Dask tasks with :func:`read_tile`, so no
-scene is ever loaded whole. Files are opened read-only, and only where the data is read.
+scene is ever loaded whole. A scene made from an ``xarray.DataArray`` (see
+:mod:`sitewatch.imagery.scenes.arrays`) carries its array in :attr:`Scene.array` and
+reads its windows from it instead of from files. Files are opened read-only, and only where the data is read.
 Paths may be GDAL virtual paths (``/vsicurl/https://...``, ``/vsis3/...``, ``/vsizip/...``);
 remote ones are opened and read under :data:`REMOTE_GDAL_OPTIONS`.
 """
@@ -17,8 +19,9 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -79,9 +82,74 @@ class BandSource:
         return not self.path
 
 
+class ArraySource:
+    """The pixels of an array scene: a NumPy or Dask array ``(band, y, x)`` and its nodata value.
+
+    Not a dataclass on purpose: ``dask.delayed`` looks for collections inside the dataclasses
+    and tuples a task is given and would compute a Dask array found there (the whole scene)
+    before the task runs. Held in a plain object, the array travels to each task as it is
+    (its graph, for a Dask array) and only the windows a task reads are computed, inside
+    that task. ``token`` (Dask's :func:`~dask.base.tokenize` of the data) identifies the
+    pixels: it stands for the array in equality, hashing and Dask's own task keys.
+
+    Attributes:
+        data: every band of the array, ``(band, y, x)``, in the array's band order.
+        picks: positions in ``data``'s band axis of the model's bands, in the model's order.
+        nodata: the value that marks a pixel without data in every band, if any.
+        token: a stable identity of ``data``'s pixels.
+    """
+
+    __slots__ = ("data", "nodata", "picks", "token")
+
+    def __init__(self, data: Any, picks: tuple[int, ...], nodata: float | None, token: str) -> None:
+        self.data = data
+        self.picks = picks
+        self.nodata = nodata
+        self.token = token
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArraySource) and (self.token, self.picks, self.nodata) == (
+            other.token, other.picks, other.nodata)
+
+    def __hash__(self) -> int:
+        return hash((self.token, self.picks))
+
+    def __repr__(self) -> str:
+        return f"ArraySource({type(self.data).__name__} {tuple(self.data.shape)}, picks={self.picks}, token={self.token[:12]})"
+
+    def __dask_tokenize__(self) -> object:
+        return ("sitewatch.ArraySource", self.token, self.picks, self.nodata)
+
+    @property
+    def is_dask(self) -> bool:
+        """Whether the pixels are a Dask array (computed window by window)."""
+        return hasattr(self.data, "dask") and hasattr(self.data, "chunks")
+
+    def read(self, rows: Any, cols: Any) -> np.ndarray:
+        """The model's bands at ``rows``/``cols`` (slices or index arrays) as a NumPy array.
+
+        A Dask array is computed here with the synchronous scheduler: this runs inside a
+        task already, and only the chunks the window touches are read (Dask fuses the slice
+        into the chunks' reads, so a window of a lazily opened file reads just that window).
+        """
+        n = self.data.shape[0]
+        bands: Any = slice(None) if self.picks == tuple(range(n)) else list(self.picks)
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            part = self.data[bands, rows, cols]
+        else:  # index arrays (decimated reads): one axis at a time, as Dask indexes them
+            part = self.data[bands][:, rows][:, :, cols]
+        if self.is_dask:
+            part = part.compute(scheduler="synchronous")
+        return np.asarray(part)
+
+
 @dataclass(frozen=True)
 class Scene:
-    """A raster scene: its bands (in the model's order) and its pixel grid."""
+    """A raster scene: its bands (in the model's order) and its pixel grid.
+
+    ``array`` is set for a scene made from an array (its bands' ``path`` then names the
+    array, not a file, and :attr:`files` is empty).
+    """
 
     name: str
     source: str
@@ -92,6 +160,7 @@ class Scene:
     transform: tuple[float, float, float, float, float, float]
     dtype: str
     nodata: float | None
+    array: ArraySource | None = field(default=None, repr=False)
 
     @property
     def affine(self) -> Affine:
@@ -100,7 +169,9 @@ class Scene:
 
     @property
     def files(self) -> tuple[str, ...]:
-        """Distinct files the scene reads, in band order."""
+        """Distinct files the scene reads, in band order (none for an array scene)."""
+        if self.array is not None:
+            return ()
         return tuple(dict.fromkeys(b.path for b in self.bands if not b.missing))
 
     @property
@@ -486,6 +557,8 @@ class SceneReader:
         nodata value (a file without nodata makes no pixel nodata). The bands of one file
         are read in one call, so a pixel-interleaved block is decoded once.
         """
+        if self.scene.array is not None:
+            return self._read_array(col_off, row_off, width, height)
         window = Window(col_off, row_off, width, height)
         alloc = np.zeros if self.scene.missing_bands else np.empty
         out = alloc((len(self.scene.bands), height, width), dtype=np.float32)
@@ -518,6 +591,38 @@ class SceneReader:
                 valid &= finite
                 np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return out, valid
+
+    def _array(self, rows: Any, cols: Any, where: str) -> np.ndarray:
+        """Pixels of an array scene as float32; any failure of the array's reads is a :class:`CorruptRasterError`."""
+        src = self.scene.array
+        assert src is not None  # noqa: S101 - only called for array scenes
+        try:
+            # Always a copy: a NumPy-backed array's window is a view of the caller's pixels.
+            return np.array(src.read(rows, cols), dtype=np.float32, copy=True)
+        except Exception as exc:  # noqa: BLE001 - a Dask graph can fail in any way its reader does
+            raise CorruptRasterError(
+                self.scene.source, f"the array's pixels cannot be read{' ' + where if where else ''} ({type(exc).__name__}: "
+                f"{str(exc).strip()[:200]}); check the files or store behind the array can be read from here",
+            ) from None
+
+    def _valid(self, out: np.ndarray) -> np.ndarray:
+        """The valid mask of array pixels, as :meth:`read` makes it; non-finite values become 0."""
+        nd = self.scene.array.nodata if self.scene.array is not None else None
+        if nd is not None and not math.isnan(nd):
+            valid = ~np.logical_and.reduce(out == np.float32(nd), axis=0)
+        else:
+            valid = np.ones(out.shape[1:], dtype=bool)
+        if out.dtype.kind == "f":
+            finite = np.isfinite(out).all(axis=0)
+            if not finite.all():
+                valid &= finite
+                np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return valid
+
+    def _read_array(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        out = self._array(slice(row_off, row_off + height), slice(col_off, col_off + width),
+                          f"at window {col_off},{row_off}")
+        return out, self._valid(out)
 
     def read_tile(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
         """Read ``tile`` padded to its full size; padding is marked invalid."""
@@ -559,6 +664,12 @@ class SceneReader:
         factor = max(1.0, max(s.width, s.height) / max_side)
         h = max(1, round(s.height / factor))
         w = max(1, round(s.width / factor))
+        if s.array is not None:
+            # Nearest neighbour at pixel centres, as GDAL decimates; a scene within max_side reads whole.
+            rows = np.minimum(((np.arange(h) + 0.5) * s.height / h).astype(np.intp), s.height - 1)
+            cols = np.minimum(((np.arange(w) + 0.5) * s.width / w).astype(np.intp), s.width - 1)
+            out = self._array(slice(None) if h == s.height else rows, slice(None) if w == s.width else cols, "")
+            return out, self._valid(out), factor
         out = np.empty((len(s.bands), h, w), dtype=np.float32)
         nodata_all = np.ones((h, w), dtype=bool)
         for k, band in enumerate(s.bands):
