@@ -831,6 +831,26 @@ WORKER_THREADS = 8
 SHUTDOWN_S = 5.0
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one server allows (defaults: this module's constants, the documented limits)."""
+
+    #: Most bytes of a request head (request line and header lines): :data:`MAX_HEAD_BYTES`.
+    head_bytes: int = MAX_HEAD_BYTES
+    #: Most header lines: :data:`MAX_HEADERS`.
+    headers: int = MAX_HEADERS
+    #: Seconds for a request head to arrive: :data:`HEAD_TIMEOUT_S`.
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    #: Seconds for a POST body to arrive: :data:`BODY_TIMEOUT_S`.
+    body_timeout_s: float = BODY_TIMEOUT_S
+    #: Most open connections: :data:`MAX_CONNECTIONS`.
+    connections: int = MAX_CONNECTIONS
+    #: Listen backlog: :data:`BACKLOG`.
+    backlog: int = BACKLOG
+    #: Worker threads for blocking work: :data:`WORKER_THREADS`.
+    threads: int = WORKER_THREADS
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a bind address or a Host header's name) is this machine only."""
     name = host.strip("[]").lower()
@@ -858,9 +878,10 @@ class ReviewServer:
     """
 
     def __init__(self, sock: socket.socket, app: ReviewApp, *, log: Callable[[str], None] | None = None,
-                 owner: str = "reviewer", allow_hosts: Sequence[str] = ()) -> None:
+                 owner: str = "reviewer", allow_hosts: Sequence[str] = (), limits: Limits = Limits()) -> None:
         """Serve ``app`` on ``sock`` (bound, listening) once :meth:`serve_forever` runs."""
         self.socket = sock
+        self.limits = limits
         self.app = app
         self.log = log
         self.address_family = sock.family
@@ -936,11 +957,15 @@ class ReviewServer:
         """The ``uvicorn.Config`` :meth:`serve_forever` runs: h11 with this module's limits, no logging."""
         import uvicorn
 
-        return uvicorn.Config(
+        lim = self.limits
+        config = uvicorn.Config(
             ReviewASGI(self), http=_protocol_class(), ws="none", lifespan="off", loop="asyncio",
             interface="asgi3", log_config=None, access_log=False, proxy_headers=False, server_header=False,
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES, limit_concurrency=MAX_CONNECTIONS + 1,
-            timeout_keep_alive=int(HEAD_TIMEOUT_S), backlog=BACKLOG, timeout_graceful_shutdown=int(SHUTDOWN_S))
+            h11_max_incomplete_event_size=lim.head_bytes, limit_concurrency=lim.connections + 1,
+            timeout_keep_alive=max(1, math.ceil(lim.head_timeout_s)), backlog=lim.backlog,
+            timeout_graceful_shutdown=int(SHUTDOWN_S))
+        config.review_limits = lim  # type: ignore[attr-defined] - read by the connection protocol
+        return config
 
     def serve_forever(self) -> None:
         """Answer requests until :meth:`shutdown`, or (in the main thread) Ctrl-C or SIGTERM.
@@ -1001,7 +1026,7 @@ def _quiet_logs() -> None:
 
 def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
                 log: Callable[[str], None] | None = None, owner: str | None = None,
-                allow_hosts: Sequence[str] = ()) -> ReviewServer:
+                allow_hosts: Sequence[str] = (), limits: Limits = Limits()) -> ReviewServer:
     """A review server for ``run_dir``, bound and ready for ``serve_forever()`` (``port=0``: any free port).
 
     Args:
@@ -1013,6 +1038,7 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
         owner: who the per-start token logs in as (loopback only); default the OS account.
         allow_hosts: host names reviewers use to reach a server on a network address (the
             ``Host`` header must name one of them, or the bound address itself).
+        limits: what the server allows (default: the documented limits).
 
     Raises:
         InputError: no store in ``run_dir`` (or ``sample`` and no sample drawn).
@@ -1021,8 +1047,8 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
     """
     app = ReviewApp(run_dir, sample=sample)
     who = check_reviewer(owner or _os_user())
-    sock = _listen(host, port)
-    server = ReviewServer(sock, app, log=log, owner=who, allow_hosts=allow_hosts)
+    sock = _listen(host, port, limits.backlog)
+    server = ReviewServer(sock, app, log=log, owner=who, allow_hosts=allow_hosts, limits=limits)
     if not server.loopback_only:
         bound = str(server.server_address[0])
         problem = None
@@ -1040,8 +1066,8 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
     return server
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` and listening with :data:`BACKLOG`.
+def _listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening with ``backlog``.
 
     Raises:
         UsageError: the address cannot be bound (one line, no traceback).
@@ -1060,7 +1086,7 @@ def _listen(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -1185,22 +1211,23 @@ class ReviewASGI:
         import anyio
 
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(WORKER_THREADS)
+            self._limiter = anyio.CapacityLimiter(self.server.limits.threads)
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def _dispatch(self, req: _Request, receive: Callable[[], Any]) -> _Reply:
         app = self.server.app
+        lim = self.server.limits
         method = req.method
         if req.version not in ("1.0", "1.1"):
             req.close = True
             raise HTTPError(505, "send an HTTP/1.0 or HTTP/1.1 request")
-        if len(req.header_list) > MAX_HEADERS:
-            raise HTTPError(431, f"{len(req.header_list)} header lines; at most {MAX_HEADERS}")
-        if len(req.target) > MAX_HEAD_BYTES:
+        if len(req.header_list) > lim.headers:
+            raise HTTPError(431, f"{len(req.header_list)} header lines; at most {lim.headers}")
+        if len(req.target) > lim.head_bytes:
             req.close = True
-            raise HTTPError(414, f"request target of {len(req.target)} bytes; at most {MAX_HEAD_BYTES}")
-        if req.head_bytes > MAX_HEAD_BYTES:
-            raise HTTPError(431, f"request head of {req.head_bytes} bytes; at most {MAX_HEAD_BYTES}")
+            raise HTTPError(414, f"request target of {len(req.target)} bytes; at most {lim.head_bytes}")
+        if req.head_bytes > lim.head_bytes:
+            raise HTTPError(431, f"request head of {req.head_bytes} bytes; at most {lim.head_bytes}")
         if method != "POST" and (req.get("Content-Length").strip() not in ("", "0") or req.get_all("Transfer-Encoding")):
             req.close = True  # a body no route reads: end the connection after the answer
         self._check_host(req)
@@ -1217,7 +1244,7 @@ class ReviewASGI:
         if route.name == "openapi":  # the API's description: no data, no login
             return _json_reply(200, openapi_schema())
         if route.name == "session" and method == "POST":
-            body = await _read_json(req, receive)
+            body = await _read_json(req, receive, lim.body_timeout_s)
             return await self._thread(self._login, body)
         reviewer = await self._thread(self._authenticate, req)
         if route.name == "session":
@@ -1230,7 +1257,7 @@ class ReviewASGI:
             return _json_reply(200, await self._thread(app.site_detail, args[0]))
         if route.name == "review":
             await self._thread(app.require_site, args[0])  # 404 before reading a body for a site that does not exist
-            body = await _read_json(req, receive)
+            body = await _read_json(req, receive, lim.body_timeout_s)
             return _json_reply(200, await self._thread(app.post_review, args[0], body, reviewer))
         if route.name == "chip":
             scene = _one(query, "scene", "") or None
@@ -1345,9 +1372,9 @@ def _check_origin(req: _Request) -> None:
             raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
 
 
-async def _read_json(req: _Request, receive: Callable[[], Any]) -> object:
+async def _read_json(req: _Request, receive: Callable[[], Any], timeout_s: float = BODY_TIMEOUT_S) -> object:
     """The request's JSON body: one ``Content-Length`` of at most :data:`MAX_BODY` bytes, no chunks,
-    counted as it streams in and complete within :data:`BODY_TIMEOUT_S` seconds."""
+    counted as it streams in and complete within ``timeout_s`` seconds."""
     import anyio
 
     ctype = req.get("Content-Type")
@@ -1369,7 +1396,7 @@ async def _read_json(req: _Request, receive: Callable[[], Any]) -> object:
     chunks: list[bytes] = []
     got = 0
     try:
-        with anyio.fail_after(BODY_TIMEOUT_S):
+        with anyio.fail_after(timeout_s):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -1382,7 +1409,7 @@ async def _read_json(req: _Request, receive: Callable[[], Any]) -> object:
                 if not message.get("more_body", False):
                     break
     except TimeoutError:
-        raise HTTPError(408, f"body not complete within {BODY_TIMEOUT_S:g} s") from None
+        raise HTTPError(408, f"body not complete within {timeout_s:g} s") from None
     if got != length:
         raise HTTPError(400, "body shorter than its Content-Length")
     try:
@@ -1483,11 +1510,13 @@ def _make_protocol_class() -> type:
         lingering close, and an answer to a request whose client half-closed its side."""
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            self._refused = len(self.connections) >= MAX_CONNECTIONS
+            self.limits: Limits = getattr(self.config, "review_limits", Limits())
+            self._refused = len(self.connections) >= self.limits.connections
             self._head_timer: Any = None
             self._head = b""
             if self._refused:
-                body = json.dumps({"error": f"the server has {MAX_CONNECTIONS} connections open; try again"}).encode()
+                body = json.dumps({"error": f"the server has {self.limits.connections} connections open; "
+                                            "try again"}).encode()
                 head = [b"HTTP/1.1 503 Service Unavailable"] + [k + b": " + v for k, v in _raw_json_response(
                     503, "", [("Retry-After", "1"), ("Content-Length", str(len(body)))])]
                 transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
@@ -1508,8 +1537,8 @@ def _make_protocol_class() -> type:
             if self.transport.lingering:
                 self.transport.drained(len(data))
                 return
-            if self.conn.their_state is h11.IDLE and len(self._head) <= MAX_HEAD_BYTES:
-                self._head += data[:MAX_HEAD_BYTES + 1 - len(self._head)]  # to say why h11 refused a head
+            if self.conn.their_state is h11.IDLE and len(self._head) <= self.limits.head_bytes:
+                self._head += data[:self.limits.head_bytes + 1 - len(self._head)]  # to say why h11 refused a head
             try:
                 super().data_received(data)
             except Exception:  # noqa: BLE001 - e.g. a request target that is not ASCII
@@ -1537,8 +1566,9 @@ def _make_protocol_class() -> type:
         def send_400_response(self, msg: str) -> None:
             """h11 refused the request head: 431 (too long), 413 (a Content-Length past
             h11's 20 digits), else 400; as JSON."""
-            if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES or len(self._head) > MAX_HEAD_BYTES:
-                self._error(431, f"request head over {MAX_HEAD_BYTES} bytes")
+            limit = self.limits.head_bytes
+            if len(self.conn.trailing_data[0]) > limit or len(self._head) > limit:
+                self._error(431, f"request head over {limit} bytes")
                 return
             for line in self._head.split(b"\r\n\r\n", 1)[0].split(b"\n")[1:]:
                 name, _, value = line.partition(b":")
@@ -1573,7 +1603,7 @@ def _make_protocol_class() -> type:
 
         def _arm_head_timer(self) -> None:
             self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+            self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timeout)
 
         def _cancel_head_timer(self) -> None:
             if self._head_timer is not None:
@@ -1587,7 +1617,7 @@ def _make_protocol_class() -> type:
             if self.conn.their_state is not h11.IDLE or (self.cycle is not None and not self.cycle.response_complete):
                 return  # a request is being answered; the deadline starts again after its answer
             if self.conn.trailing_data[0]:
-                self._error(408, f"request head not complete within {HEAD_TIMEOUT_S:g} s")
+                self._error(408, f"request head not complete within {self.limits.head_timeout_s:g} s")
             else:
                 self.transport.close()
 
