@@ -131,6 +131,8 @@ SORTS = {"score": "desc", "uncertainty": "desc", "class": "asc", "status": "asc"
 #: and the reset can discard the answer (a 413 for a body too long) before the client reads it.
 LINGER_S = 2.0
 LINGER_BYTES = 1024 * 1024
+#: ... or this many bytes after a request head too long or too slow (431, 408).
+HEAD_LINGER_BYTES = 64 * 1024
 #: Seconds a review page session lasts.
 SESSION_S = 12 * 3600.0
 #: Name of the session cookie.
@@ -1464,6 +1466,8 @@ class _LingeringTransport:
         self.peer_eof = False
         self._drained = 0
         self._timer: Any = None
+        #: Bytes to drain at most; smaller for a client that sends a flood of header bytes.
+        self.budget = LINGER_BYTES
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._t, name)
@@ -1489,7 +1493,7 @@ class _LingeringTransport:
     def drained(self, n: int) -> None:
         """``n`` more bytes read and dropped while lingering."""
         self._drained += n
-        if self._drained > LINGER_BYTES:
+        if self._drained > self.budget:
             self.finish()
 
     def finish(self) -> None:
@@ -1599,6 +1603,8 @@ def _make_protocol_class() -> type:
                 out = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
                        + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
             self.transport.write(out)
+            if status in (408, 431):  # a client that floods or stalls: drain little before closing
+                self.transport.budget = HEAD_LINGER_BYTES
             self.transport.close()
 
         def _arm_head_timer(self) -> None:
