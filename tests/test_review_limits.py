@@ -313,6 +313,9 @@ def test_density_is_geojson_in_lonlat(run_dir: Path) -> None:
             assert p["gi_z"] is None or (isinstance(p["gi_z"], float | int) and math.isfinite(p["gi_z"]))
             assert p["gi_p"] is None or 0.0 <= p["gi_p"] <= 1.0
             assert p["hotspot"] in ("hot", "cold", None)
+            assert sum(p["classes"].values()) == p["count"] and set(p["classes"]) <= {"kiln", "vessel"}
+        # one feature per cell: no two polygons the same
+        assert len({json.dumps(f["geometry"]) for f in doc["features"]}) == len(doc["features"])
         # the cell size is the grid's
         fine = json.loads(get(srv, "/api/density?cell=250")[2])
         assert fine["cell_m"] == 250 and sum(f["properties"]["count"] for f in fine["features"]) == len(sites)

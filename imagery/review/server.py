@@ -582,18 +582,19 @@ class ReviewApp:
     def density(self, cell_m: float = 1000.0, status: str = "all") -> dict[str, Any]:
         """``GET /api/density``: sites per grid cell and their Gi* hotspots, as a GeoJSON FeatureCollection.
 
-        Computed by :func:`sitewatch.imagery.candidates.density.density` (a square grid of
-        ``cell_m`` metres in the UTM zone of the sites, or EPSG:6933; one layer per class, and
-        per date for vessels). One Polygon feature (lon/lat, EPSG:4326) per cell and layer that
-        holds a site or is a hot or cold spot, with properties ``count`` (int), ``gi_z`` and
-        ``gi_p`` (float, or null), ``hotspot`` (``"hot"``, ``"cold"`` or null), ``layer``,
-        ``class`` and ``date``; top-level ``cell_m`` and ``grid_crs`` (null for no sites).
-        ``status``: ``all`` sites or only ``confirmed`` ones. No site: no features.
+        The grid of :func:`sitewatch.imagery.candidates.density.density` (square cells of
+        ``cell_m`` metres in the UTM zone of the sites, or EPSG:6933), with every class counted
+        together (each site once) and Getis-Ord Gi* computed on those totals. One Polygon
+        feature (lon/lat, EPSG:4326, by :func:`~sitewatch.imagery.candidates.density.cell_features`)
+        per cell that holds a site or is a hot or cold spot, with properties ``count`` (int),
+        ``gi_z`` and ``gi_p`` (float, or null), ``hotspot`` (``"hot"``, ``"cold"`` or null) and
+        ``classes`` (class -> sites); top-level ``cell_m`` and ``grid_crs`` (the grid's CRS;
+        null for no sites). ``status``: ``all`` sites or only ``confirmed`` ones. No site: no features.
 
         Raises:
             HTTPError: 400 for a bad ``cell_m`` or ``status``, or a grid of too many cells.
         """
-        from sitewatch.imagery.candidates.density import MAX_CELLS, cell_features, density
+        from sitewatch.imagery.candidates.density import MAX_CELLS, Z_95, cell_features, density, getis_ord_star
 
         lo, hi = DENSITY_CELL_M
         if not (math.isfinite(cell_m) and lo <= cell_m <= hi):
@@ -605,17 +606,28 @@ class ReviewApp:
         if not self.store.sites(status=statuses):
             return empty
         try:
-            ds = density(self.store, cell_m, statuses=statuses)
+            ds = density(self.store, cell_m, statuses=statuses, by_date=False)
         except UsageError:
             raise HTTPError(400, f"cell {cell_m:g}: the sites span more than {MAX_CELLS} cells; "
                                  "give a larger cell") from None
+        per_class = ds["count"].values  # (class, y, x)
+        total = per_class.sum(axis=0).astype(np.int32)
+        z, p = getis_ord_star(total)
+        hot = np.where(z >= Z_95, 1, np.where(z <= -Z_95, -1, 0)).astype(np.int8)
+        dims = ("layer", "y", "x")
+        merged = ds.isel(layer=[0]).assign(count=(dims, total[None]), gi_z=(dims, z[None].astype(np.float32)),
+                                           gi_p=(dims, p[None].astype(np.float32)), hotspot=(dims, hot[None]))
+        merged = merged.assign_coords(layer=["all"], cls=("layer", ["all"]), date=("layer", [""]))
+        classes = [str(c) for c in ds.cls.values]
+        cells = zip(*np.nonzero((total > 0) | (hot != 0)), strict=True)  # cell_features' order
         features = []
-        for f in cell_features(ds):
+        for f, (r, c) in zip(cell_features(merged), cells, strict=True):
             props = f["properties"]
-            props["count"] = int(props["count"])
-            props["gi_z"] = _num(props["gi_z"], 4)
-            props["gi_p"] = _num(props["gi_p"], 5)
-            props["hotspot"] = props["hotspot"] or None
+            f["properties"] = {
+                "count": int(props["count"]), "gi_z": _num(props["gi_z"], 4), "gi_p": _num(props["gi_p"], 5),
+                "hotspot": props["hotspot"] or None,
+                "classes": {cls: int(per_class[k, r, c]) for k, cls in enumerate(classes) if per_class[k, r, c]},
+            }
             features.append(f)
         return {**empty, "grid_crs": str(ds.attrs["crs"]), "features": features}
 
@@ -1195,7 +1207,7 @@ class ReviewASGI:
             reply = _json_reply(503, {"error": str(exc)}, {"Retry-After": "1"})
         except (UsageError, SitewatchError) as exc:
             reply = _json_reply(400, {"error": str(exc)})
-        except _Disconnected:
+        except _DisconnectedError:
             return
         except Exception as exc:  # noqa: BLE001 - a bug: answer 500 without detail, log one line
             if self.server.log is not None:
@@ -1339,7 +1351,7 @@ class ReviewASGI:
         return _Reply(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": csp, "Cache-Control": "no-store"})
 
 
-class _Disconnected(Exception):
+class _DisconnectedError(Exception):
     """The client went away before its request was read."""
 
 
@@ -1402,7 +1414,7 @@ async def _read_json(req: _Request, receive: Callable[[], Any], timeout_s: float
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    raise _Disconnected
+                    raise _DisconnectedError
                 chunk = message.get("body", b"")
                 got += len(chunk)
                 if got > length:
@@ -1685,8 +1697,9 @@ def _operations() -> dict[str, dict[str, Any]]:
             "geometry": {"type": "object", "description": "a Polygon in lon/lat (EPSG:4326)"},
             "properties": {"type": "object", "properties": {
                 "count": {"type": "integer"}, "gi_z": {"type": ["number", "null"]}, "gi_p": {"type": ["number", "null"]},
-                "hotspot": {"enum": ["hot", "cold", None]}, "layer": {"type": "string"}, "class": {"type": "string"},
-                "date": {"type": ["string", "null"]}}}}}}}}
+                "hotspot": {"enum": ["hot", "cold", None]},
+                "classes": {"type": "object", "additionalProperties": {"type": "integer"},
+                            "description": "sites of each class in the cell"}}}}}}}}
     return {
         "page": {"get": {"summary": "The review page (HTML, inline script under a nonce CSP)", "security": [],
                          "responses": {"200": {"description": "the page", "content": {"text/html": {}}}}}},
@@ -1722,7 +1735,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                                             "maximum": DENSITY_CELL_M[1]}},
                                 {"name": "status", "in": "query", "description": "all sites, or only confirmed ones",
                                  "schema": {"type": "string", "enum": ["all", "confirmed"], "default": "all"}}],
-                            "responses": {"200": {"description": "one feature per cell and layer with a site or a hot/cold spot",
+                            "responses": {"200": {"description": "one feature per cell with a site or a hot/cold spot",
                                                   "content": {"application/geo+json": {"schema": density_schema},
                                                               "application/json": {"schema": density_schema}}}}}},
         "session": {
