@@ -21,6 +21,9 @@ b. **chips**: ``--chips`` (200) threads released together, each one ``GET /api/s
    (``TcpExtListenDrops`` of /proc/net/netstat, machine-wide) over the burst.
 c. **slow clients**: ``--slow`` (300) connections each sending one header line every 5 s for
    ``--slow-s`` seconds: how many the server cut off, when, and the normal request's latency.
+d. **safety** (first): a token-less call and a DNS-rebinding ``Host`` on loopback and on
+   ``--host 0.0.0.0 --allow-host box.lan`` (a copy of the run, with reviewer tokens for flood-ana
+   and flood-ben), then both reviewing at once with their own tokens, and whom the log names.
 
 Prints one line per figure. Needs psutil (the ``bench`` extra).
 """
@@ -65,20 +68,22 @@ def build_run(base: Path) -> Path:
 class Server:
     """``sitewatch review RUN --port 0`` as a child process."""
 
-    def __init__(self, python: str, cwd: Path, run: Path) -> None:
+    def __init__(self, python: str, cwd: Path, run: Path, extra: tuple[str, ...] = ()) -> None:
         code = "from sitewatch.cli import main; main()"
-        self.proc = subprocess.Popen([python, "-c", code, "review", str(run), "--port", "0", "--reviewer", "bench"],
-                                     cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([python, "-c", code, "review", str(run), "--port", "0", "--reviewer", "bench",
+                                      *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         line = ""
         while time.monotonic() < deadline and "http://" not in line:
             line = self.proc.stdout.readline() if self.proc.stdout else ""
             if not line and self.proc.poll() is not None:
                 raise SystemExit(f"review_flood: the server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        m = re.search(r"http://([\d.]+):(\d+)/#token=(\S+)", line)
+        m = re.search(r"http://([\d.]+|HOST):(\d+)/#token=(\S+)", line)
         if not m:
             raise SystemExit(f"review_flood: no link in {line!r}")
         self.host, self.port, self.token = m.group(1), int(m.group(2)), m.group(3)
+        if self.host == "HOST":  # on a network address: reviewers' own tokens only
+            self.host, self.token = "127.0.0.1", ""
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu_s(self) -> float:
@@ -327,6 +332,82 @@ def slow(server: Server, n: int, seconds: float, every: float = 5.0) -> None:
           f"(median after {statistics.median(cut) if cut else float('nan'):.1f} s), still held at the end {held[0]}")
 
 
+def call(server: Server, method: str, path: str, host: str, token: str | None,
+         body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    """One request with the given ``Host`` header and bearer token (none: no login)."""
+    con = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        con.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        con.putheader("Host", host)
+        if token:
+            con.putheader("Authorization", f"Bearer {token}")
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None:
+            con.putheader("Content-Type", "application/json")
+            con.putheader("Content-Length", str(len(data)))
+        con.endheaders(data)
+        r = con.getresponse()
+        return r.status, r.read()
+    finally:
+        con.close()
+
+
+def safety(python: str, cwd: Path, run: Path, reviews: int = 20) -> None:
+    """A token-less call and a DNS-rebinding ``Host`` on loopback and on ``--host 0.0.0.0``; then two
+    reviewers with their own tokens reviewing at once, and whom the log names for each decision."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    srv = Server(python, cwd, run)
+    try:
+        here = f"127.0.0.1:{srv.port}"
+        print(f"safety, loopback: no token {call(srv, 'GET', '/api/summary', here, None)[0]}, "
+              f"token but Host rebound.example {call(srv, 'GET', '/api/summary', f'rebound.example:{srv.port}', srv.token)[0]}, "
+              f"token {call(srv, 'GET', '/api/summary', here, srv.token)[0]}")
+    finally:
+        srv.stop()
+    tmp = Path(tempfile.mkdtemp(prefix="review-flood-"))
+    copy = tmp / "run"
+    shutil.copytree(run, copy)
+    tokens = {}
+    for name in ("flood-ana", "flood-ben"):
+        out = subprocess.run([python, "-c", "from sitewatch.cli import main; main()", "reviewers", "add", name,
+                              str(copy)], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        tokens[name] = re.search(r"token (sw_\S+)", out).group(1)  # type: ignore[union-attr]
+    srv = Server(python, cwd, copy, ("--host", "0.0.0.0", "--allow-host", "box.lan"))  # noqa: S104
+    try:
+        ok = f"box.lan:{srv.port}"
+        print(f"safety, --host 0.0.0.0: no token {call(srv, 'GET', '/api/summary', ok, None)[0]}, "
+              f"ana's token but Host evil.example {call(srv, 'GET', '/api/summary', f'evil.example:{srv.port}', tokens['flood-ana'])[0]}, "
+              f"ana's token {call(srv, 'GET', '/api/summary', ok, tokens['flood-ana'])[0]}")
+        _, body = call(srv, "GET", "/api/sites?sort=id", ok, tokens["flood-ana"])
+        ids = [x["id"] for x in json.loads(body)["sites"]]
+        failures: list[int] = []
+
+        def review(name: str) -> None:
+            for i in range(reviews):
+                status, _ = call(srv, "POST", f"/api/sites/{ids[i % len(ids)]}/review", ok, tokens[name],
+                                 {"status": "confirmed" if name == "flood-ana" else "rejected", "note": f"{name} {i}"})
+                if status != 200:
+                    failures.append(status)
+
+        workers = [threading.Thread(target=review, args=(n,)) for n in tokens]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        srv.stop()
+    with sqlite3.connect(copy / "candidates.gpkg") as con:
+        rows = con.execute("SELECT reviewer, note FROM reviews WHERE note LIKE 'flood-%'").fetchall()
+    con.close()
+    right = sum(reviewer == note.split()[0] for reviewer, note in rows)
+    print(f"safety, two reviewers at once: {len(rows)} of {2 * reviews} decisions logged, {right} under the right "
+          f"name, {len(failures)} refused")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, help="a run directory (default: build one in --base)")
@@ -341,12 +422,14 @@ def main() -> None:
     ap.add_argument("--chips", type=int, default=200)
     ap.add_argument("--slow", type=int, default=300)
     ap.add_argument("--slow-s", type=float, default=30.0)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: flood,chips,slow")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: flood,chips,slow,safety")
     ap.add_argument("--max-rss-mb", type=float, default=6000.0,
                     help="kill the server if its resident memory passes this during the flood (protects the machine)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     run = args.run or build_run(args.base)
+    if "safety" not in skip:
+        safety(args.python, args.cwd, run)
     server = Server(args.python, args.cwd, run)
     try:
         print(f"server: {args.python} in {args.cwd}, pid {server.proc.pid}, rss_mb {server.rss_mb():.0f}")
