@@ -1509,11 +1509,19 @@ class _LingeringTransport:
             self.finish()
 
     def finish(self) -> None:
-        """Close now."""
+        """Close now; drop what the client has not read of the answer (a client that does not read
+        would otherwise hold the connection for as long as it keeps the TCP window shut)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._t.close()
+        try:
+            unsent = self._t.get_write_buffer_size()
+        except (AttributeError, RuntimeError):
+            unsent = 0
+        if unsent:
+            self._t.abort()
+        else:
+            self._t.close()
 
 
 def _make_protocol_class() -> type:
@@ -1593,6 +1601,19 @@ def _make_protocol_class() -> type:
                     self._error(413, f"body of {value[:20].decode()} bytes; at most {MAX_BODY}")
                     return
             self._error(400, "malformed HTTP request (request line or headers)")
+
+        def shutdown(self) -> None:
+            """The server stops (Ctrl-C): end this connection, whatever state h11 is in."""
+            try:
+                super().shutdown()
+            except h11.LocalProtocolError:
+                self.transport.close()
+
+        def timeout_keep_alive_handler(self) -> None:
+            try:
+                super().timeout_keep_alive_handler()
+            except h11.LocalProtocolError:
+                self.transport.close()
 
         def on_response_complete(self) -> None:
             self._head = b""
