@@ -625,7 +625,7 @@ def test_host_must_be_this_machine(server: ReviewServer, run_dir: Path) -> None:
         assert status == 200, (name, out)
 
 
-#: Requests http.server itself refuses (before any route): each still gets a JSON error.
+#: Requests the HTTP parser (h11) or the server itself refuses before any route: each still gets a JSON error.
 MALFORMED = (
     b"GARBAGE\r\n\r\n", b"GET /api/sites HTTP/9.9\r\n\r\n", b"GET /api/sites HTTP/1.1 extra\r\n\r\n",
     b"GET " + b"/a" * 40000 + b" HTTP/1.1\r\n\r\n",                          # request line too long

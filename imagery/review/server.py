@@ -1,8 +1,10 @@
 """The review page: ``sitewatch review DIR`` serves a run's candidate store to a browser.
 
-A standard-library :class:`http.server.ThreadingHTTPServer` (no web framework) that serves
-one page (:mod:`sitewatch.imagery.review.page`: inline HTML, CSS and JavaScript, no external URL) and
-a small JSON API over :class:`~sitewatch.imagery.candidates.store.CandidateStore` (the routes: :data:`ROUTES`):
+An ASGI application (:class:`ReviewASGI`, on Starlette's request and response types) served by
+uvicorn's h11 protocol, with stated limits (below). It serves one page
+(:mod:`sitewatch.imagery.review.page`: inline HTML, CSS and JavaScript, no external URL) and a small
+JSON API over :class:`~sitewatch.imagery.candidates.store.CandidateStore` (the routes: :data:`ROUTES`;
+their OpenAPI 3.1 description: ``GET /api/openapi.json``, :func:`openapi_schema`):
 
 =======  =================================  =============================================
 GET      ``/``                              the review page
@@ -13,9 +15,26 @@ POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note
 GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
 GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
 GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
+GET      ``/api/density``                   sites per grid cell and Gi* hotspots (GeoJSON, lon/lat)
 GET      ``/api/session``                   who the request is logged in as
 POST     ``/api/session``                   log in ``{"token"}``: sets the session cookie
+GET      ``/api/openapi.json``              the API's OpenAPI description (no login needed)
 =======  =================================  =============================================
+
+Limits (each answered with a JSON error and the connection closed, or the connection closed):
+
+* request head (request line and headers): at most :data:`MAX_HEAD_BYTES` (32 KiB) in all, bounded
+  while it arrives by h11's incomplete-event limit (431; 414 for a longer target);
+  at most :data:`MAX_HEADERS` (64) header lines (431);
+* a request's head must be complete :data:`HEAD_TIMEOUT_S` (10 s) after the connection opened or
+  the previous answer ended (408, or closed if nothing came): a client sending one header line
+  every few seconds holds a connection for 10 s, not forever; a POST's body must follow within
+  :data:`BODY_TIMEOUT_S` (10 s) (408);
+* at most :data:`MAX_CONNECTIONS` (512) connections open (one more gets 503 and is closed);
+  listen backlog :data:`BACKLOG` (2048, capped by the kernel's ``net.core.somaxconn``);
+* bodies: POST only, ``Content-Length`` at most :data:`MAX_BODY` (64 KiB; more is 413 before a
+  byte is read), counted again as it streams in;
+* store, chip and density work runs in :data:`WORKER_THREADS` (8) threads, never on the event loop.
 
 Safety, for a server that holds reviewers' decisions and reads files:
 
@@ -30,16 +49,18 @@ Safety, for a server that holds reviewers' decisions and reads files:
   loopback name (so a web page cannot reach it by DNS rebinding); on a network address it
   needs reviewer tokens (the per-start secret is off) and answers only the host names of
   ``--allow-host`` and the bound address.
-* Nothing is served by joining a request path onto the filesystem: ids and scene names are
-  looked up in the store (SQL parameters), and a quick-look's file comes from the store's
-  record of that scene, resolved and checked to lie inside the run directory.
+* Nothing is served by joining a request path onto the filesystem: routes are matched on the
+  raw path, each segment percent-decoded on its own; ids and scene names are looked up in the
+  store (SQL parameters), and a quick-look's file comes from the store's record of that
+  scene, resolved and checked to lie inside the run directory.
 * State changes only by POST, with a JSON body (``Content-Type: application/json``, one
   ``Content-Length`` of at most :data:`MAX_BODY` bytes, no chunks), refused (403) when an
   ``Origin`` header names another origin or ``Sec-Fetch-Site`` says the request comes from
   another site. After a refused POST (or any request with a body no route reads) the
   connection is closed, so no unread bytes are taken for the next request.
-* Every error is JSON ``{"error": "..."}`` with a 4xx code (500 for a bug, without detail);
-  no traceback reaches the client or the terminal.
+* Every error is JSON ``{"error": "..."}`` with a 4xx code (500 for a bug, without detail;
+  503 over the connection cap), malformed requests included; no traceback reaches the
+  client or the terminal (uvicorn's own log is silenced).
 * The page inserts every text with ``textContent`` and is served with a Content Security
   Policy that allows only its own nonce'd script, so a note holding ``<script>`` stays text.
 """
@@ -47,6 +68,7 @@ Safety, for a server that holds reviewers' decisions and reads files:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import io
 import ipaddress
@@ -54,15 +76,12 @@ import json
 import math
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -107,13 +126,13 @@ CHIP_CACHE = 256
 DEFAULT_THRESHOLD = 0.5
 #: Sort keys of ``GET /api/sites`` and their default order.
 SORTS = {"score": "desc", "uncertainty": "desc", "class": "asc", "status": "asc", "id": "asc", "date": "asc"}
-#: Seconds an idle or slow connection is kept.
-SOCKET_TIMEOUT_S = 30.0
 #: A connection the server ends is first drained of what the client still sends, for at most this
 #: long and this many bytes: closing a socket with unread bytes makes the kernel reset the connection,
 #: and the reset can discard the answer (a 413 for a body too long) before the client reads it.
 LINGER_S = 2.0
 LINGER_BYTES = 1024 * 1024
+#: ... or this many bytes after a request head too long or too slow (431, 408).
+HEAD_LINGER_BYTES = 64 * 1024
 #: Seconds a review page session lasts.
 SESSION_S = 12 * 3600.0
 #: Name of the session cookie.
@@ -169,7 +188,7 @@ class Route:
         return args
 
 
-#: Every route of the server (the module docstring's table); ``_Handler`` answers each by its name.
+#: Every route of the server (the module docstring's table); :class:`ReviewASGI` answers each by its name.
 ROUTES: tuple[Route, ...] = (
     Route("page", ("",)),
     Route("summary", ("api", "summary")),
@@ -181,7 +200,11 @@ ROUTES: tuple[Route, ...] = (
     Route("scenes", ("api", "scenes")),
     Route("session", ("api", "session"), methods=("GET", "POST")),
     Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
+    Route("density", ("api", "density"), params=frozenset({"cell", "status"})),
+    Route("openapi", ("api", "openapi.json")),
 )
+#: ``GET /api/density``: the cell sizes it accepts, in metres.
+DENSITY_CELL_M = (10.0, 1_000_000.0)
 
 
 # --- the application: plain functions of the store, no HTTP ---------------------------------
@@ -556,6 +579,58 @@ class ReviewApp:
                 self._chips.popitem(last=False)
         return png
 
+    def density(self, cell_m: float = 1000.0, status: str = "all") -> dict[str, Any]:
+        """``GET /api/density``: sites per grid cell and their Gi* hotspots, as a GeoJSON FeatureCollection.
+
+        The grid of :func:`sitewatch.imagery.candidates.density.density` (square cells of
+        ``cell_m`` metres in the UTM zone of the sites, or EPSG:6933), with every class counted
+        together (each site once) and Getis-Ord Gi* computed on those totals. One Polygon
+        feature (lon/lat, EPSG:4326, by :func:`~sitewatch.imagery.candidates.density.cell_features`)
+        per cell that holds a site or is a hot or cold spot, with properties ``count`` (int),
+        ``gi_z`` and ``gi_p`` (float, or null), ``hotspot`` (``"hot"``, ``"cold"`` or null) and
+        ``classes`` (class -> sites); top-level ``cell_m`` and ``grid_crs`` (the grid's CRS;
+        null for no sites). ``status``: ``all`` sites or only ``confirmed`` ones. No site: no features.
+
+        Raises:
+            HTTPError: 400 for a bad ``cell_m`` or ``status``, or a grid of too many cells.
+        """
+        from sitewatch.imagery.candidates.density import MAX_CELLS, Z_95, cell_features, density, getis_ord_star
+
+        lo, hi = DENSITY_CELL_M
+        if not (math.isfinite(cell_m) and lo <= cell_m <= hi):
+            raise HTTPError(400, f"cell {cell_m:g}: give a cell size in metres from {lo:g} to {hi:g}")
+        if status not in ("all", "confirmed"):
+            raise HTTPError(400, f"status {status[:40]!r}: use all or confirmed")
+        statuses = ["confirmed"] if status == "confirmed" else None
+        empty: dict[str, Any] = {"type": "FeatureCollection", "cell_m": cell_m, "grid_crs": None, "features": []}
+        if not self.store.sites(status=statuses):
+            return empty
+        try:
+            ds = density(self.store, cell_m, statuses=statuses, by_date=False)
+        except UsageError:
+            raise HTTPError(400, f"cell {cell_m:g}: the sites span more than {MAX_CELLS} cells; "
+                                 "give a larger cell") from None
+        per_class = ds["count"].values  # (class, y, x)
+        total = per_class.sum(axis=0).astype(np.int32)
+        z, p = getis_ord_star(total)
+        hot = np.where(z >= Z_95, 1, np.where(z <= -Z_95, -1, 0)).astype(np.int8)
+        dims = ("layer", "y", "x")
+        merged = ds.isel(layer=[0]).assign(count=(dims, total[None]), gi_z=(dims, z[None].astype(np.float32)),
+                                           gi_p=(dims, p[None].astype(np.float32)), hotspot=(dims, hot[None]))
+        merged = merged.assign_coords(layer=["all"], cls=("layer", ["all"]), date=("layer", [""]))
+        classes = [str(c) for c in ds.cls.values]
+        cells = zip(*np.nonzero((total > 0) | (hot != 0)), strict=True)  # cell_features' order
+        features = []
+        for f, (r, c) in zip(cell_features(merged), cells, strict=True):
+            props = f["properties"]
+            f["properties"] = {
+                "count": int(props["count"]), "gi_z": _num(props["gi_z"], 4), "gi_p": _num(props["gi_p"], 5),
+                "hotspot": props["hotspot"] or None,
+                "classes": {cls: int(per_class[k, r, c]) for k, cls in enumerate(classes) if per_class[k, r, c]},
+            }
+            features.append(f)
+        return {**empty, "grid_crs": str(ds.attrs["crs"]), "features": features}
+
     # --- helpers --------------------------------------------------------------------------
 
     def require_site(self, site_id: str, con: Any = None) -> Site:
@@ -748,6 +823,47 @@ def _scale_bar(draw: ImageDraw.ImageDraw, record: SceneRecord, col0: int, row0: 
 
 # --- HTTP -------------------------------------------------------------------------------------
 
+#: Most bytes of a request head: the request line and every header line (h11's incomplete-event
+#: limit while it arrives, then checked again on the whole head): past it, 431 (414 for the target).
+MAX_HEAD_BYTES = 32 * 1024
+#: Most header lines in a request: more, 431.
+MAX_HEADERS = 64
+#: A request's head must be complete this many seconds after the connection opened or the last
+#: answer on it ended; else the connection is closed (408 if part of a head had arrived). This is
+#: also how long an idle keep-alive connection is kept.
+HEAD_TIMEOUT_S = 10.0
+#: A POST's body must arrive within this many seconds of its head (408 otherwise).
+BODY_TIMEOUT_S = 10.0
+#: Most connections open at once; one more is answered 503 and closed.
+MAX_CONNECTIONS = 512
+#: The listening socket's backlog (connections the kernel queues until they are accepted; Linux
+#: caps it at net.core.somaxconn).
+BACKLOG = 2048
+#: Threads that run the store, chip and density work, so the event loop never blocks on them.
+WORKER_THREADS = 8
+#: On Ctrl-C, answers in progress get this many seconds to finish.
+SHUTDOWN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server allows (defaults: this module's constants, the documented limits)."""
+
+    #: Most bytes of a request head (request line and header lines): :data:`MAX_HEAD_BYTES`.
+    head_bytes: int = MAX_HEAD_BYTES
+    #: Most header lines: :data:`MAX_HEADERS`.
+    headers: int = MAX_HEADERS
+    #: Seconds for a request head to arrive: :data:`HEAD_TIMEOUT_S`.
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    #: Seconds for a POST body to arrive: :data:`BODY_TIMEOUT_S`.
+    body_timeout_s: float = BODY_TIMEOUT_S
+    #: Most open connections: :data:`MAX_CONNECTIONS`.
+    connections: int = MAX_CONNECTIONS
+    #: Listen backlog: :data:`BACKLOG`.
+    backlog: int = BACKLOG
+    #: Worker threads for blocking work: :data:`WORKER_THREADS`.
+    threads: int = WORKER_THREADS
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a bind address or a Host header's name) is this machine only."""
@@ -760,23 +876,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ReviewServer(ThreadingHTTPServer):
-    """The review server: one thread per connection, the :class:`ReviewApp` in ``app``.
+class ReviewServer:
+    """The review server: a bound socket, the :class:`ReviewApp` in ``app``, served by uvicorn.
 
-    Every API call is authenticated (:meth:`authenticate`): by the session cookie the page
-    gets from ``POST /api/session``, or by ``Authorization: Bearer TOKEN``. A token is the
-    server's per-start :attr:`secret` (loopback only: whoever started the server, recorded
-    as :attr:`owner`) or a reviewer's own token (``sitewatch reviewers add``).
+    :meth:`serve_forever` runs the ASGI application (:class:`ReviewASGI`, on Starlette's
+    request and response types) under uvicorn's h11 protocol with this module's limits
+    (:data:`MAX_HEAD_BYTES`, :data:`MAX_HEADERS`, :data:`HEAD_TIMEOUT_S`, :data:`BODY_TIMEOUT_S`,
+    :data:`MAX_CONNECTIONS`, :data:`BACKLOG`, :data:`MAX_BODY`, :data:`WORKER_THREADS`) until
+    :meth:`shutdown` (from another thread) or Ctrl-C / SIGTERM (in the main thread).
+
+    Every API call is authenticated: by the session cookie the page gets from
+    ``POST /api/session``, or by ``Authorization: Bearer TOKEN``. A token is the server's
+    per-start :attr:`secret` (loopback only: whoever started the server, recorded as
+    :attr:`owner`) or a reviewer's own token (``sitewatch reviewers add``).
     """
 
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], app: ReviewApp, *, log: Callable[[str], None] | None = None,
-                 owner: str = "reviewer", allow_hosts: Sequence[str] = ()) -> None:
+    def __init__(self, sock: socket.socket, app: ReviewApp, *, log: Callable[[str], None] | None = None,
+                 owner: str = "reviewer", allow_hosts: Sequence[str] = (), limits: Limits = Limits()) -> None:
+        """Serve ``app`` on ``sock`` (bound, listening) once :meth:`serve_forever` runs."""
+        self.socket = sock
+        self.limits = limits
         self.app = app
         self.log = log
-        super().__init__(address, _Handler)
+        self.address_family = sock.family
+        #: The bound address, ``(host, port)``.
+        self.server_address: tuple[str, int] = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
         #: Decided from the address bound (``127.1`` and ``localhost`` are loopback too).
         self.loopback_only = is_loopback(str(self.server_address[0]))
         #: Per-start secret: the token in the URL ``sitewatch review`` prints (loopback only).
@@ -787,6 +911,14 @@ class ReviewServer(ThreadingHTTPServer):
         #: session id -> (reviewer, expiry, opened by a reviewer token rather than the per-start secret)
         self._sessions: dict[str, tuple[str, float, bool]] = {}
         self._session_lock = threading.Lock()
+        self._uvicorn: Any = None
+        self._state_lock = threading.Lock()
+        self._stop_asked = False
+        self._serving = False
+        self._done = threading.Event()
+        self._done.set()
+
+    # --- who is logged in ------------------------------------------------------------------
 
     @property
     def login_url(self) -> str:
@@ -833,36 +965,82 @@ class ReviewServer(ThreadingHTTPServer):
             host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
-    def shutdown_request(self, request: Any) -> None:
-        """End a connection so that the client reads its answer: send FIN, drain briefly, close."""
+    # --- running ----------------------------------------------------------------------------
+
+    def uvicorn_config(self) -> Any:
+        """The ``uvicorn.Config`` :meth:`serve_forever` runs: h11 with this module's limits, no logging."""
+        import uvicorn
+
+        lim = self.limits
+        config = uvicorn.Config(
+            ReviewASGI(self), http=_protocol_class(), ws="none", lifespan="off", loop="asyncio",
+            interface="asgi3", log_config=None, access_log=False, proxy_headers=False, server_header=False,
+            h11_max_incomplete_event_size=lim.head_bytes, limit_concurrency=lim.connections + 1,
+            timeout_keep_alive=max(1, math.ceil(lim.head_timeout_s)), backlog=lim.backlog,
+            timeout_graceful_shutdown=int(SHUTDOWN_S))
+        config.review_limits = lim  # type: ignore[attr-defined] - read by the connection protocol
+        return config
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`shutdown`, or (in the main thread) Ctrl-C or SIGTERM.
+
+        In the main thread a signal ends the server gracefully and is then raised again, so
+        Ctrl-C still ends in ``KeyboardInterrupt`` for the caller.
+        """
+        import uvicorn
+
+        _quiet_logs()
+        server = uvicorn.Server(self.uvicorn_config())
+        with self._state_lock:
+            if self._stop_asked:
+                return
+            self._uvicorn = server
+            self._serving = True
+            self._done.clear()
         try:
-            request.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_S
-            drained = 0
-            while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
-                request.settimeout(left)
-                chunk = request.recv(65536)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:  # already reset or closed by the client, or the time is up
-            pass
-        self.close_request(request)
+            server.run(sockets=[self.socket])
+        finally:
+            with self._state_lock:
+                self._serving = False
+                self._uvicorn = None
+            self._done.set()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Never print a traceback: one line, if a log is set."""
-        exc = sys.exc_info()[1]
-        if self.log is not None and not isinstance(exc, ConnectionError | TimeoutError):
-            self.log(f"error serving {client_address[0]}: {type(exc).__name__}")
+    def shutdown(self, timeout: float = SHUTDOWN_S + 5.0) -> None:
+        """Stop :meth:`serve_forever` (called from another thread) and wait for it to return."""
+        with self._state_lock:
+            self._stop_asked = True
+            if self._uvicorn is not None:
+                self._uvicorn.should_exit = True
+        self._done.wait(timeout)
+
+    def server_close(self) -> None:
+        """Close the listening socket (serving closes it itself when it ends)."""
+        with self._state_lock:
+            if not self._serving:
+                self.socket.close()
+
+    def __enter__(self) -> ReviewServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server_close()
 
 
-class _ReviewServer6(ReviewServer):
-    address_family = socket.AF_INET6
+def _quiet_logs() -> None:
+    """uvicorn's and asyncio's loggers write nothing (no traceback reaches the terminal); the
+    server's own one-line log is ``make_server(log=...)``."""
+    import logging
+
+    for name in ("uvicorn", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
 
 
 def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, sample: bool = False,
                 log: Callable[[str], None] | None = None, owner: str | None = None,
-                allow_hosts: Sequence[str] = ()) -> ReviewServer:
+                allow_hosts: Sequence[str] = (), limits: Limits = Limits()) -> ReviewServer:
     """A review server for ``run_dir``, bound and ready for ``serve_forever()`` (``port=0``: any free port).
 
     Args:
@@ -874,6 +1052,7 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
         owner: who the per-start token logs in as (loopback only); default the OS account.
         allow_hosts: host names reviewers use to reach a server on a network address (the
             ``Host`` header must name one of them, or the bound address itself).
+        limits: what the server allows (default: the documented limits).
 
     Raises:
         InputError: no store in ``run_dir`` (or ``sample`` and no sample drawn).
@@ -882,12 +1061,8 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
     """
     app = ReviewApp(run_dir, sample=sample)
     who = check_reviewer(owner or _os_user())
-    cls = _ReviewServer6 if ":" in host.strip("[]") else ReviewServer
-    try:
-        server = cls((host.strip("[]"), port), app, log=log, owner=who, allow_hosts=allow_hosts)
-    except OSError as exc:
-        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-                         "pick another --port, or check --host") from None
+    sock = _listen(host, port, limits.backlog)
+    server = ReviewServer(sock, app, log=log, owner=who, allow_hosts=allow_hosts, limits=limits)
     if not server.loopback_only:
         bound = str(server.server_address[0])
         problem = None
@@ -903,6 +1078,35 @@ def make_server(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAU
         if bound not in ("0.0.0.0", "::"):  # noqa: S104
             server.allow_hosts.add(bound.lower())
     return server
+
+
+def _listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening with ``backlog``.
+
+    Raises:
+        UsageError: the address cannot be bound (one line, no traceback).
+    """
+    name = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(name, port, socket.AF_INET6 if ":" in name else socket.AF_UNSPEC,
+                                   socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({getattr(exc, 'strerror', None) or exc}); "
+                         "pick another --port, or check --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
+                         "pick another --port, or check --host") from None
+    return sock
 
 
 def _os_user() -> str:
@@ -927,136 +1131,164 @@ def serve(run_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
         server.serve_forever()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Routes requests to the :class:`ReviewApp`; every answer is JSON, PNG or the page."""
+# --- the ASGI application ---------------------------------------------------------------------
 
-    server: ReviewServer
-    protocol_version = "HTTP/1.1"
-    server_version = "sitewatch-review"
-    sys_version = ""
-    timeout = SOCKET_TIMEOUT_S
+#: Headers of every answer.
+_COMMON_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+                   ("Cross-Origin-Resource-Policy", "same-origin"), ("X-Frame-Options", "DENY"))
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
+@dataclass
+class _Reply:
+    """An answer: status, content type, body, extra headers, and whether the connection ends after it."""
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch("HEAD")
+    status: int
+    ctype: str
+    body: bytes
+    headers: dict[str, str]
+    close: bool = False
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
+class _Request:
+    """What the application reads of one request (its head, decoded once)."""
 
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch("PATCH")
+    def __init__(self, scope: Mapping[str, Any]) -> None:
+        self.method: str = scope["method"]
+        self.version: str = scope.get("http_version", "1.1")
+        raw_path = bytes(scope.get("raw_path") or scope["path"].encode("utf-8"))
+        query = bytes(scope.get("query_string", b""))
+        #: The request target as sent (percent-encoded), ``path?query``.
+        self.target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        self.head_bytes = len(raw_path) + len(query) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        self.header_list: list[tuple[str, str]] = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                                                   for k, v in scope["headers"]]
+        self.close = False
 
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch("OPTIONS")
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive), in order."""
+        name = name.lower()
+        return [v for k, v in self.header_list if k == name]
 
-    def handle(self) -> None:
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            super().handle()
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of header ``name``, else ``default``."""
+        values = self.get_all(name)
+        return values[0] if values else default
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        """No access log."""
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (malformed request line, header too long...) as JSON too."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line and headers
-            self.request_version = "HTTP/1.0"
+class ReviewASGI:
+    """The review server's ASGI application: routing, Host/Origin checks, authentication, limits.
+
+    Routes are matched on the request's raw path (``scope["raw_path"]``), each segment
+    percent-decoded on its own, so an encoded ``/`` (``%2F``) stays inside its segment and
+    never reaches another route or the filesystem. Store, chip and density work runs in a
+    pool of :data:`WORKER_THREADS` threads (anyio's ``to_thread`` with its own limiter).
+    Answers are Starlette ``Response`` objects.
+    """
+
+    def __init__(self, server: ReviewServer) -> None:
+        self.server = server
+        self._limiter: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        """Answer one HTTP request (other scope types are not served)."""
+        from starlette.responses import Response
+
+        if scope["type"] != "http":
+            return
+        req = _Request(scope)
         try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self._send_json(code, {"error": message or phrase})
-
-    # --- dispatch -------------------------------------------------------------------------
-
-    def _dispatch(self, method: str) -> None:
-        app = self.server.app
-        try:
-            if self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.0"
-                raise HTTPError(400, "send an HTTP/1.0 or HTTP/1.1 request")
-            if method != "POST" and (self.headers.get("Content-Length", "").strip() not in ("", "0")
-                                     or "Transfer-Encoding" in self.headers):
-                self.close_connection = True  # a body no route reads: never parse it as the next request
-            self._check_host()
-            parts, query = self._parse_target()
-            if method == "POST":
-                self._check_origin()
-            route, args = _route(parts)
-            if method not in route.methods:
-                allowed = ", ".join(route.methods)
-                raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
-            _no_params(query, route.params)
-            reviewer = None
-            if route.name != "page" and not (route.name == "session" and method == "POST"):
-                reviewer = self._authenticate()
-            if route.name == "page":
-                self._send_page()
-            elif route.name == "session":
-                self._session(method, reviewer)
-            elif route.name == "summary":
-                self._send_json(200, app.summary())
-            elif route.name == "sites":
-                self._send_json(200, app.list_sites(query))
-            elif route.name == "site":
-                self._send_json(200, app.site_detail(args[0]))
-            elif route.name == "review":
-                app.require_site(args[0])  # 404 before reading a body for a site that does not exist
-                self._send_json(200, app.post_review(args[0], self._read_json(), reviewer))
-            elif route.name == "chip":
-                scene = _one(query, "scene", "") or None
-                self._send(200, "image/png", app.chip(args[0], scene), {"Cache-Control": "private, max-age=3600"})
-            elif route.name == "scenes":
-                self._send_json(200, app.scenes())
-            elif route.name == "quicklook":
-                self._send(200, "image/png", app.quicklook(args[0]), {"Cache-Control": "private, max-age=3600"})
-            else:  # a route added to ROUTES without a handler here: a bug (500)
-                raise NotImplementedError(f"route {route.name!r} has no handler")
+            reply = await self._dispatch(req, receive)
         except HTTPError as exc:
-            if method == "POST":
-                self.close_connection = True  # the body may be unread
-            self._send_json(exc.status, {"error": exc.message}, exc.headers)
-        except NotFoundError as exc:
-            self._send_json(404, {"error": str(exc)})
-        except InputError as exc:
-            self._send_json(404, {"error": str(exc)})
+            close = req.close or req.method == "POST" or exc.status in (408, 413, 431)  # the body may be unread
+            reply = _json_reply(exc.status, {"error": exc.message}, exc.headers, close=close)
+        except (NotFoundError, InputError) as exc:
+            reply = _json_reply(404, {"error": str(exc)})
         except OutputError as exc:
-            self._send_json(503, {"error": str(exc)}, {"Retry-After": "1"})
+            reply = _json_reply(503, {"error": str(exc)}, {"Retry-After": "1"})
         except (UsageError, SitewatchError) as exc:
-            self._send_json(400, {"error": str(exc)})
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
+            reply = _json_reply(400, {"error": str(exc)})
+        except _DisconnectedError:
+            return
         except Exception as exc:  # noqa: BLE001 - a bug: answer 500 without detail, log one line
             if self.server.log is not None:
                 detail = " ".join(str(exc).split())[:300]  # one line, whatever the exception says
-                self.server.log(f"internal error on {method} {self.path[:200]!r}: {type(exc).__name__}: {detail}")
-            self.close_connection = True
-            self._send_json(500, {"error": "internal error; the server's terminal names it"})
+                self.server.log(f"internal error on {req.method} {req.target[:200]!r}: {type(exc).__name__}: {detail}")
+            reply = _json_reply(500, {"error": "internal error; the server's terminal names it"}, close=True)
+        headers = {**dict(_COMMON_HEADERS), **reply.headers}
+        if reply.close or req.close:
+            headers["Connection"] = "close"
+        response = Response(reply.body, status_code=reply.status, headers=headers, media_type=reply.ctype)
+        await response(scope, receive, send)
 
-    def _parse_target(self) -> tuple[list[str], dict[str, list[str]]]:
-        """Path segments (each percent-decoded on its own, so ``%2F`` stays inside its segment) and the query."""
-        target = self.path
-        if not target.startswith("/"):
-            raise HTTPError(400, "request target must be a path starting with /")
-        split = urlsplit(target)
-        try:
-            parts = [unquote(p, errors="strict") for p in split.path.split("/")[1:]]
-            query = parse_qs(split.query, keep_blank_values=True, max_num_fields=100, errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise HTTPError(400, "request target is not valid UTF-8 or has too many parameters") from None
-        if any(p in (".", "..") or "\x00" in p for p in parts):
-            raise HTTPError(404, "no such page")
-        return parts, query
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the worker pool (blocking work off the event loop)."""
+        import anyio
 
-    def _check_host(self) -> None:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.server.limits.threads)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _dispatch(self, req: _Request, receive: Callable[[], Any]) -> _Reply:
+        app = self.server.app
+        lim = self.server.limits
+        method = req.method
+        if req.version not in ("1.0", "1.1"):
+            req.close = True
+            raise HTTPError(505, "send an HTTP/1.0 or HTTP/1.1 request")
+        if len(req.header_list) > lim.headers:
+            raise HTTPError(431, f"{len(req.header_list)} header lines; at most {lim.headers}")
+        if len(req.target) > lim.head_bytes:
+            req.close = True
+            raise HTTPError(414, f"request target of {len(req.target)} bytes; at most {lim.head_bytes}")
+        if req.head_bytes > lim.head_bytes:
+            raise HTTPError(431, f"request head of {req.head_bytes} bytes; at most {lim.head_bytes}")
+        if method != "POST" and (req.get("Content-Length").strip() not in ("", "0") or req.get_all("Transfer-Encoding")):
+            req.close = True  # a body no route reads: end the connection after the answer
+        self._check_host(req)
+        parts, query = _parse_target(req.target)
+        if method == "POST":
+            _check_origin(req)
+        route, args = _route(parts)
+        if method not in route.methods:
+            allowed = ", ".join(route.methods)
+            raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
+        _no_params(query, route.params)
+        if route.name == "page":
+            return self._page()
+        if route.name == "openapi":  # the API's description: no data, no login
+            return _json_reply(200, openapi_schema())
+        if route.name == "session" and method == "POST":
+            body = await _read_json(req, receive, lim.body_timeout_s)
+            return await self._thread(self._login, body)
+        reviewer = await self._thread(self._authenticate, req)
+        if route.name == "session":
+            return _json_reply(200, {"reviewer": reviewer})
+        if route.name == "summary":
+            return _json_reply(200, await self._thread(app.summary))
+        if route.name == "sites":
+            return _json_reply(200, await self._thread(app.list_sites, query))
+        if route.name == "site":
+            return _json_reply(200, await self._thread(app.site_detail, args[0]))
+        if route.name == "review":
+            await self._thread(app.require_site, args[0])  # 404 before reading a body for a site that does not exist
+            body = await _read_json(req, receive, lim.body_timeout_s)
+            return _json_reply(200, await self._thread(app.post_review, args[0], body, reviewer))
+        if route.name == "chip":
+            scene = _one(query, "scene", "") or None
+            png = await self._thread(app.chip, args[0], scene)
+            return _Reply(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
+        if route.name == "scenes":
+            return _json_reply(200, await self._thread(app.scenes))
+        if route.name == "quicklook":
+            png = await self._thread(app.quicklook, args[0])
+            return _Reply(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
+        if route.name == "density":
+            cell = _float_param(query, "cell")
+            status = _one(query, "status", "all")
+            return _json_reply(200, await self._thread(app.density, 1000.0 if cell is None else cell, status))
+        raise NotImplementedError(f"route {route.name!r} has no handler")  # a route added to ROUTES only: a bug (500)
+
+    def _check_host(self, req: _Request) -> None:
         """Answer only to the host names this server is reached by (no DNS rebinding).
 
         On a loopback address: loopback names only. On a network address: the names of
@@ -1064,7 +1296,7 @@ class _Handler(BaseHTTPRequestHandler):
         through a tunnel (``ssh -L 9000:127.0.0.1:8765``) names the tunnel's port, and a
         rebinding attack needs a host name, not a port.
         """
-        hosts = self.headers.get_all("Host") or []
+        hosts = req.get_all("Host")
         if len(hosts) > 1:
             raise HTTPError(400, "send one Host header")
         host = hosts[0] if hosts else ""
@@ -1078,107 +1310,126 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(403, f"Host {host[:100]!r} is not a name of this server; open the page at the URL "
                                  "sitewatch review printed")
 
-    def _authenticate(self) -> str:
+    def _authenticate(self, req: _Request) -> str:
         """The reviewer of the request's session cookie or bearer token; 401 without one."""
-        auth = self.headers.get("Authorization", "")
+        from starlette.requests import cookie_parser
+
+        auth = req.get("Authorization")
         if auth[:7].lower() == "bearer ":
             name = self.server.reviewer_for(auth[7:].strip())
             if name is not None:
                 return name
             raise HTTPError(401, "the token is not valid (revoked, or from an earlier start of the server)",
                             {"WWW-Authenticate": "Bearer"})
-        cookies = SimpleCookie()
-        with contextlib.suppress(CookieError):
-            cookies.load(self.headers.get("Cookie", ""))
-        morsel = cookies.get(SESSION_COOKIE)
-        if morsel is not None:
-            name = self.server.session_reviewer(morsel.value)
+        sid = cookie_parser(req.get("Cookie")).get(SESSION_COOKIE)
+        if sid:
+            name = self.server.session_reviewer(sid)
             if name is not None:
                 return name
         raise HTTPError(401, "log in: open the URL sitewatch review printed, or use your reviewer token",
                         {"WWW-Authenticate": "Bearer"})
 
-    def _session(self, method: str, reviewer: str | None) -> None:
-        """``GET /api/session``: who is logged in. ``POST {"token"}``: log in (sets the session cookie)."""
-        if method == "GET":
-            self._send_json(200, {"reviewer": reviewer})
-            return
-        body = self._read_json()
+    def _login(self, body: object) -> _Reply:
+        """``POST /api/session {"token"}``: log in (sets the session cookie)."""
         token = body.get("token") if isinstance(body, dict) else None
         name = self.server.reviewer_for(token) if isinstance(token, str) else None
         if name is None:
             raise HTTPError(401, "the token is not valid (revoked, or from an earlier start of the server)")
         by_token = not hmac.compare_digest(str(token).encode(), self.server.secret.encode())
-        cookie = f"{SESSION_COOKIE}={self.server.new_session(name, by_token=by_token)}; Path=/; HttpOnly; SameSite=Strict"
-        self._send_json(200, {"reviewer": name}, {"Set-Cookie": cookie})
+        sid = self.server.new_session(name, by_token=by_token)
+        cookie = f"{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict"
+        return _json_reply(200, {"reviewer": name}, {"Set-Cookie": cookie})
 
-    def _check_origin(self) -> None:
-        """Refuse a state change from another origin (cross-site request forgery)."""
-        for site in self.headers.get_all("Sec-Fetch-Site") or []:
-            if site not in ("same-origin", "none"):
-                raise HTTPError(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:40]!r})")
-        for origin in self.headers.get_all("Origin") or []:
-            if origin != f"http://{self.headers.get('Host', '')}":
-                raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
-
-    def _read_json(self) -> object:
-        ctype = self.headers.get("Content-Type", "")
-        if ctype.split(";", 1)[0].strip().lower() != "application/json":
-            raise HTTPError(415, "send the body as Content-Type: application/json")
-        if self.headers.get("Transfer-Encoding"):
-            raise HTTPError(411, "send a Content-Length, not a chunked body")
-        lengths = self.headers.get_all("Content-Length") or []
-        if not lengths:
-            raise HTTPError(411, "send a Content-Length")
-        if len(lengths) > 1:
-            raise HTTPError(400, "send one Content-Length")
-        text = lengths[0].strip().lstrip("0") or "0"
-        if not (text.isascii() and text.isdigit()):
-            raise HTTPError(400, "Content-Length must be a whole number")
-        length = _whole_number(text, len(str(MAX_BODY)))
-        if length is None or length > MAX_BODY:
-            raise HTTPError(413, f"body of {text[:20]} bytes; at most {MAX_BODY}")
-        raw = self.rfile.read(length)
-        if len(raw) != length:
-            raise HTTPError(400, "body shorter than its Content-Length")
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise HTTPError(400, "body is not valid JSON (UTF-8)") from None
-
-    # --- answers --------------------------------------------------------------------------
-
-    def _send_page(self) -> None:
+    def _page(self) -> _Reply:
         nonce = secrets.token_urlsafe(16)
         csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-        config = {"sample": self.server.app.sample_mode, "run": self.server.app.run_dir.name,
+        app = self.server.app
+        config = {"sample": app.sample_mode, "run": app.run_dir.name,
                   "statuses": list(STATUSES), "max_note": MAX_NOTE, "max_reviewer": MAX_REVIEWER}
         page = render_page(nonce, config).encode("utf-8")
-        self._send(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+        return _Reply(200, "text/html; charset=utf-8", page, {"Content-Security-Policy": csp, "Cache-Control": "no-store"})
 
-    def _send_json(self, status: int, doc: object, headers: Mapping[str, str] | None = None) -> None:
-        body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        self._send(status, "application/json; charset=utf-8", body, {"Cache-Control": "no-store", **(headers or {})})
 
-    def _send(self, status: int, ctype: str, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-            self.send_header("X-Frame-Options", "DENY")
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
+class _DisconnectedError(Exception):
+    """The client went away before its request was read."""
+
+
+def _json_reply(status: int, doc: object, headers: Mapping[str, str] | None = None, *, close: bool = False) -> _Reply:
+    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return _Reply(status, "application/json; charset=utf-8", body, {"Cache-Control": "no-store", **(headers or {})},
+                  close)
+
+
+def _parse_target(target: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Path segments (each percent-decoded on its own, so ``%2F`` stays inside its segment) and the query."""
+    if not target.startswith("/"):
+        raise HTTPError(400, "request target must be a path starting with /")
+    split = urlsplit(target)
+    try:
+        parts = [unquote(p, errors="strict") for p in split.path.split("/")[1:]]
+        query = parse_qs(split.query, keep_blank_values=True, max_num_fields=100, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPError(400, "request target is not valid UTF-8 or has too many parameters") from None
+    if any(p in (".", "..") or "\x00" in p for p in parts):
+        raise HTTPError(404, "no such page")
+    return parts, query
+
+
+def _check_origin(req: _Request) -> None:
+    """Refuse a state change from another origin (cross-site request forgery)."""
+    for site in req.get_all("Sec-Fetch-Site"):
+        if site not in ("same-origin", "none"):
+            raise HTTPError(403, f"cross-origin request refused (Sec-Fetch-Site: {site[:40]!r})")
+    for origin in req.get_all("Origin"):
+        if origin != f"http://{req.get('Host')}":
+            raise HTTPError(403, f"cross-origin request refused (Origin {origin[:100]!r} is not this server)")
+
+
+async def _read_json(req: _Request, receive: Callable[[], Any], timeout_s: float = BODY_TIMEOUT_S) -> object:
+    """The request's JSON body: one ``Content-Length`` of at most :data:`MAX_BODY` bytes, no chunks,
+    counted as it streams in and complete within ``timeout_s`` seconds."""
+    import anyio
+
+    ctype = req.get("Content-Type")
+    if ctype.split(";", 1)[0].strip().lower() != "application/json":
+        raise HTTPError(415, "send the body as Content-Type: application/json")
+    if req.get_all("Transfer-Encoding"):
+        raise HTTPError(411, "send a Content-Length, not a chunked body")
+    lengths = req.get_all("Content-Length")
+    if not lengths:
+        raise HTTPError(411, "send a Content-Length")
+    if len(lengths) > 1:
+        raise HTTPError(400, "send one Content-Length")
+    text = lengths[0].strip().lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()):
+        raise HTTPError(400, "Content-Length must be a whole number")
+    length = _whole_number(text, len(str(MAX_BODY)))
+    if length is None or length > MAX_BODY:
+        raise HTTPError(413, f"body of {text[:20]} bytes; at most {MAX_BODY}")
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        with anyio.fail_after(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _DisconnectedError
+                chunk = message.get("body", b"")
+                got += len(chunk)
+                if got > length:
+                    raise HTTPError(400, "body longer than its Content-Length")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise HTTPError(408, f"body not complete within {timeout_s:g} s") from None
+    if got != length:
+        raise HTTPError(400, "body shorter than its Content-Length")
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise HTTPError(400, "body is not valid JSON (UTF-8)") from None
 
 
 def _route(parts: list[str]) -> tuple[Route, list[str]]:
@@ -1199,3 +1450,373 @@ def _no_params(query: Mapping[str, Sequence[str]], allowed: frozenset[str] | set
     if unknown:
         hint = f"use {', '.join(sorted(allowed))}" if allowed else "this route takes none"
         raise HTTPError(400, f"unknown parameter {unknown[0]!r}; {hint}")
+
+
+# --- the connection: uvicorn's h11 protocol with a head deadline, a connection cap, JSON errors ------
+
+
+def _raw_json_response(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[bytes, bytes]]:
+    """Headers of a JSON error written below the application (malformed requests, limits)."""
+    return [(b"content-type", b"application/json; charset=utf-8"), (b"cache-control", b"no-store"),
+            *((k.lower().encode(), v.encode()) for k, v in _COMMON_HEADERS),
+            *((k.lower().encode(), v.encode()) for k, v in extra), (b"connection", b"close")]
+
+
+class _LingeringTransport:
+    """A transport whose ``close`` first half-closes and drains what the client still sends.
+
+    Closing a socket with unread bytes makes the kernel reset the connection, and the reset can
+    discard the answer (a 413 for a body too long) before the client reads it; so the server
+    sends FIN, reads and drops at most :data:`LINGER_BYTES` for at most :data:`LINGER_S`
+    seconds, then closes.
+    """
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._t = transport
+        self._loop = loop
+        self.lingering = False
+        self.peer_eof = False
+        self._drained = 0
+        self._timer: Any = None
+        #: Bytes to drain at most; smaller for a client that sends a flood of header bytes.
+        self.budget = LINGER_BYTES
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._t.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._t.is_closing():
+            return
+        self.lingering = True
+        if self.peer_eof or not self._t.can_write_eof():
+            self._t.close()
+            return
+        try:
+            self._t.write_eof()
+            self._t.resume_reading()
+        except (OSError, RuntimeError):
+            self._t.close()
+            return
+        self._timer = self._loop.call_later(LINGER_S, self.finish)
+
+    def drained(self, n: int) -> None:
+        """``n`` more bytes read and dropped while lingering."""
+        self._drained += n
+        if self._drained > self.budget:
+            self.finish()
+
+    def finish(self) -> None:
+        """Close now; drop what the client has not read of the answer (a client that does not read
+        would otherwise hold the connection for as long as it keeps the TCP window shut)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            unsent = self._t.get_write_buffer_size()
+        except (AttributeError, RuntimeError):
+            unsent = 0
+        if unsent:
+            self._t.abort()
+        else:
+            self._t.close()
+
+
+def _make_protocol_class() -> type:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReviewProtocol(H11Protocol):  # type: ignore[misc]
+        """uvicorn's h11 protocol plus: a deadline for each request head (:data:`HEAD_TIMEOUT_S`), a
+        cap on open connections (:data:`MAX_CONNECTIONS`), JSON errors for malformed requests, a
+        lingering close, and an answer to a request whose client half-closed its side."""
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            self.limits: Limits = getattr(self.config, "review_limits", Limits())
+            self._refused = len(self.connections) >= self.limits.connections
+            self._head_timer: Any = None
+            self._head = b""
+            if self._refused:
+                body = json.dumps({"error": f"the server has {self.limits.connections} connections open; "
+                                            "try again"}).encode()
+                head = [b"HTTP/1.1 503 Service Unavailable"] + [k + b": " + v for k, v in _raw_json_response(
+                    503, "", [("Retry-After", "1"), ("Content-Length", str(len(body)))])]
+                transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+                transport.close()
+                return
+            # read in pieces of twice the head limit (asyncio's default is 256 KiB), so a flood of header
+            # bytes costs a copy of 64 KiB, not 256 KiB, before its 431
+            with contextlib.suppress(AttributeError, TypeError):
+                transport.max_size = max(2 * self.limits.head_bytes, 16 * 1024)
+            super().connection_made(_LingeringTransport(transport, self.loop))
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._refused:
+                return
+            self._cancel_head_timer()
+            if isinstance(self.transport, _LingeringTransport) and self.transport._timer is not None:
+                self.transport._timer.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:
+                self.transport.drained(len(data))
+                return
+            if self.conn.their_state is h11.IDLE and len(self._head) <= self.limits.head_bytes:
+                self._head += data[:self.limits.head_bytes + 1 - len(self._head)]  # to say why h11 refused a head
+            try:
+                super().data_received(data)
+            except Exception:  # noqa: BLE001 - e.g. a request target that is not ASCII
+                if self.cycle is not None and self.cycle.response_started:
+                    self.transport.close()
+                else:
+                    self._error(400, "malformed HTTP request")
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            if self.transport.lingering:
+                return False
+            self.transport.peer_eof = True
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False  # answer what was asked, then close
+                if cycle.more_body:  # the body ends here, short of its Content-Length
+                    cycle.more_body = False
+                    cycle.message_event.set()
+                return True
+            if self.conn.trailing_data[0]:  # part of a request, and no more will come
+                self._error(400, "incomplete request (the connection ended before the end of its head)")
+                return True
+            return False
+
+        def send_400_response(self, msg: str) -> None:
+            """h11 refused the request head: 414 or 431 (too long), 413 (a Content-Length past
+            h11's 20 digits), else 400; as JSON."""
+            limit = self.limits.head_bytes
+            if len(self.conn.trailing_data[0]) > limit or len(self._head) > limit:
+                if b"\n" not in self._head:  # the request line alone is past the limit
+                    self._error(414, f"request target over {limit} bytes")
+                else:
+                    self._error(431, f"request head over {limit} bytes")
+                return
+            for line in self._head.split(b"\r\n\r\n", 1)[0].split(b"\n")[1:]:
+                name, _, value = line.partition(b":")
+                value = value.strip()
+                if name.strip().lower() == b"content-length" and value.isdigit() and int(value) > MAX_BODY:
+                    self._error(413, f"body of {value[:20].decode()} bytes; at most {MAX_BODY}")
+                    return
+            self._error(400, "malformed HTTP request (request line or headers)")
+
+        def shutdown(self) -> None:
+            """The server stops (Ctrl-C): end this connection, whatever state h11 is in."""
+            try:
+                super().shutdown()
+            except h11.LocalProtocolError:
+                self.transport.close()
+
+        def timeout_keep_alive_handler(self) -> None:
+            try:
+                super().timeout_keep_alive_handler()
+            except h11.LocalProtocolError:
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            self._head = b""
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def _error(self, status: int, message: str) -> None:
+            """Answer ``{"error": message}`` with ``status`` below the application and close."""
+            self._cancel_head_timer()
+            if self.transport.is_closing():
+                return
+            body = json.dumps({"error": message}).encode()
+            headers = [*_raw_json_response(status, message), (b"content-length", str(len(body)).encode())]
+            try:
+                out = self.conn.send(h11.Response(status_code=status, headers=headers,
+                                                  reason=HTTPStatus(status).phrase.encode()))
+                out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"") + (self.conn.send(h11.EndOfMessage()) or b"")
+            except h11.LocalProtocolError:  # h11 cannot frame an answer now: write it by hand
+                out = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+                       + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
+            self.transport.write(out)
+            if status in (408, 414, 431):  # a client that floods or stalls: drain little before closing
+                self.transport.budget = HEAD_LINGER_BYTES
+            self.transport.close()
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_timeout)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is not h11.IDLE or (self.cycle is not None and not self.cycle.response_complete):
+                return  # a request is being answered; the deadline starts again after its answer
+            if self.conn.trailing_data[0]:
+                self._error(408, f"request head not complete within {self.limits.head_timeout_s:g} s")
+            else:
+                self.transport.close()
+
+    return ReviewProtocol
+
+
+@functools.cache
+def _protocol_class() -> type:
+    """The connection protocol :meth:`ReviewServer.serve_forever` runs (built on first use, so
+    only a server that serves imports uvicorn)."""
+    return _make_protocol_class()
+
+
+# --- the API's description ----------------------------------------------------------------------
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_SITE_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_NAME},
+            "description": "a site id of the store (one path segment, percent-encoded)"}
+_VERSION = {"name": "v", "in": "query", "schema": {"type": "string"},
+            "description": "ignored: lets the page tell its caches a new image apart"}
+
+
+def _json_ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+def _png_ok(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    """Route name -> its OpenAPI operation(s) by method (see :data:`ROUTES`)."""
+    list_params = [
+        {"name": "class", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}, "explode": True,
+         "description": "only sites of this class (repeat for several)"},
+        {"name": "status", "in": "query", "explode": True,
+         "schema": {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
+         "description": "only sites with this review status (repeat for several)"},
+        {"name": "min_score", "in": "query", "schema": {"type": "number"}, "description": "site max score at least"},
+        {"name": "max_score", "in": "query", "schema": {"type": "number"}, "description": "site max score at most"},
+        {"name": "sample", "in": "query", "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+         "description": "1: only the review sample of sitewatch estimate"},
+        {"name": "sort", "in": "query", "schema": {"type": "string", "enum": list(SORTS), "default": "score"}},
+        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]},
+         "description": "default: desc for score and uncertainty, else asc"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_LIMIT}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    ]
+    review_body = {"type": "object", "required": ["status"], "additionalProperties": False, "properties": {
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "note": {"type": "string", "maxLength": MAX_NOTE},
+        "reviewer": {"type": "string", "maxLength": MAX_REVIEWER,
+                     "description": "optional; if given, must be the logged-in reviewer (the log records that name)"}}}
+    density_schema = {"type": "object", "required": ["type", "features", "cell_m", "grid_crs"], "properties": {
+        "type": {"const": "FeatureCollection"},
+        "cell_m": {"type": "number"}, "grid_crs": {"type": ["string", "null"], "description": "the grid's CRS (metres)"},
+        "features": {"type": "array", "items": {"type": "object", "properties": {
+            "type": {"const": "Feature"},
+            "geometry": {"type": "object", "description": "a Polygon in lon/lat (EPSG:4326)"},
+            "properties": {"type": "object", "properties": {
+                "count": {"type": "integer"}, "gi_z": {"type": ["number", "null"]}, "gi_p": {"type": ["number", "null"]},
+                "hotspot": {"enum": ["hot", "cold", None]},
+                "classes": {"type": "object", "additionalProperties": {"type": "integer"},
+                            "description": "sites of each class in the cell"}}}}}}}}
+    return {
+        "page": {"get": {"summary": "The review page (HTML, inline script under a nonce CSP)", "security": [],
+                         "responses": {"200": {"description": "the page", "content": {"text/html": {}}}}}},
+        "summary": {"get": {"summary": "Counts by class and status, thresholds, the sample's progress",
+                            "responses": {"200": _json_ok("the summary")}}},
+        "sites": {"get": {"summary": "Sites, filtered, sorted and paged", "parameters": list_params,
+                          "responses": {"200": _json_ok("one page of sites", {"type": "object", "properties": {
+                              "total": {"type": "integer"}, "reviewed": {"type": "integer"},
+                              "offset": {"type": "integer"}, "limit": {"type": ["integer", "null"]},
+                              "sort": {"type": "string"}, "order": {"type": "string"},
+                              "sites": {"type": "array", "items": {"type": "object"}}}})}}},
+        "site": {"get": {"summary": "One site: footprint, detections, review log, chip scenes", "parameters": [_SITE_ID],
+                         "responses": {"200": _json_ok("the site")}}},
+        "review": {"post": {"summary": "Record a decision (same origin only; JSON body with a Content-Length)",
+                            "parameters": [_SITE_ID],
+                            "requestBody": {"required": True, "content": {"application/json": {"schema": review_body}}},
+                            "responses": {"200": _json_ok("the site after the decision, and the review logged")}}},
+        "chip": {"get": {"summary": "An image chip of the site cut from a scene at full resolution",
+                         "parameters": [_SITE_ID, {"name": "scene", "in": "query", "schema": {"type": "string"},
+                                                   "description": "the scene (default: that of the best detection)"},
+                                        _VERSION],
+                         "responses": {"200": _png_ok("the chip")}}},
+        "scenes": {"get": {"summary": "The scenes: dates, lon/lat corners, quick-look URLs",
+                           "responses": {"200": _json_ok("the scenes")}}},
+        "quicklook": {"get": {"summary": "A scene's quick-look PNG, looked up by scene name",
+                              "parameters": [{"name": "name", "in": "path", "required": True,
+                                              "schema": {"type": "string", "maxLength": MAX_NAME}}, _VERSION],
+                              "responses": {"200": _png_ok("the quick-look")}}},
+        "density": {"get": {"summary": "Sites per grid cell and Getis-Ord Gi* hotspots, as GeoJSON in lon/lat",
+                            "parameters": [
+                                {"name": "cell", "in": "query", "description": "cell side in metres",
+                                 "schema": {"type": "number", "default": 1000, "minimum": DENSITY_CELL_M[0],
+                                            "maximum": DENSITY_CELL_M[1]}},
+                                {"name": "status", "in": "query", "description": "all sites, or only confirmed ones",
+                                 "schema": {"type": "string", "enum": ["all", "confirmed"], "default": "all"}}],
+                            "responses": {"200": {"description": "one feature per cell with a site or a hot/cold spot",
+                                                  "content": {"application/geo+json": {"schema": density_schema},
+                                                              "application/json": {"schema": density_schema}}}}}},
+        "session": {
+            "get": {"summary": "Who the request is logged in as",
+                    "responses": {"200": _json_ok("the reviewer", {"type": "object", "properties": {
+                        "reviewer": {"type": "string"}}})}},
+            "post": {"summary": "Log in with a token: sets the session cookie (HttpOnly, SameSite=Strict, 12 h)",
+                     "security": [],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                     "responses": {"200": _json_ok("logged in", {"type": "object", "properties": {
+                         "reviewer": {"type": "string"}}})}}},
+        "openapi": {"get": {"summary": "This description", "security": [],
+                            "responses": {"200": _json_ok("OpenAPI 3.1")}}},
+    }
+
+
+def _openapi_path(route: Route) -> str:
+    return "/" + "/".join(route.pattern)
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The API's OpenAPI 3.1 description, served at ``GET /api/openapi.json``: every route of
+    :data:`ROUTES`, its parameters and body, its answers, and the error shape ``{"error"}``."""
+    ops = _operations()
+    paths: dict[str, Any] = {}
+    errors = {code: _ERROR for code in ("400", "401", "403", "404", "405", "408", "411", "413", "414", "415", "431",
+                                        "500", "503")}
+    for route in ROUTES:
+        item = paths.setdefault(_openapi_path(route), {})
+        for method in route.methods:
+            op = dict(ops[route.name][method.lower()])
+            op["operationId"] = f"{route.name}_{method.lower()}"
+            op["responses"] = {**op["responses"], **errors}
+            item[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sitewatch review API", "version": "1",
+                 "description": "The JSON API of `sitewatch review`. Every error is JSON {\"error\": \"...\"}. "
+                                f"Limits: request head {MAX_HEAD_BYTES} bytes and {MAX_HEADERS} header lines, head "
+                                f"within {HEAD_TIMEOUT_S:g} s, body {MAX_BODY} bytes within {BODY_TIMEOUT_S:g} s, "
+                                f"{MAX_CONNECTIONS} connections."},
+        "paths": paths,
+        "security": [{"bearer": []}, {"session": []}],
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "the per-start token of the printed link (loopback) or a reviewer's token"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+            },
+            "schemas": {"Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                                  "properties": {"error": {"type": "string", "description": "one line"}}}},
+            "responses": {"Error": {"description": "refused: a JSON error",
+                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+        },
+    }
