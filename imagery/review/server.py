@@ -13,6 +13,8 @@ POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note
 GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
 GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
 GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
+GET      ``/api/density``                   density and Gi* hotspot cells (GeoJSON), ``?cell=1000&status=all``
+GET      ``/static/leaflet/...``            the vendored Leaflet (no login; only its listed files)
 GET      ``/api/session``                   who the request is logged in as
 POST     ``/api/session``                   log in ``{"token"}``: sets the session cookie
 =======  =================================  =============================================
@@ -72,12 +74,14 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon, box
 
+from sitewatch.imagery.candidates.density import density_for_map
 from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection, check_reviewer
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
 from sitewatch.imagery.review.page import render_page
 from sitewatch.imagery.scenes.georef import from_lonlat, ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.quicklook import rgb_bands
 from sitewatch.imagery.scenes.scene import BandSource, Scene, SceneReader
+from sitewatch.imagery.webmap import vendored
 
 #: Address ``sitewatch review`` binds unless ``--host`` says otherwise.
 DEFAULT_HOST = "127.0.0.1"
@@ -181,6 +185,9 @@ ROUTES: tuple[Route, ...] = (
     Route("scenes", ("api", "scenes")),
     Route("session", ("api", "session"), methods=("GET", "POST")),
     Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
+    Route("density", ("api", "density"), params=frozenset({"cell", "status"})),
+    Route("leaflet", ("static", "leaflet", "{name}")),
+    Route("leaflet", ("static", "leaflet", "images", "{name}")),
 )
 
 
@@ -996,7 +1003,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
             _no_params(query, route.params)
             reviewer = None
-            if route.name != "page" and not (route.name == "session" and method == "POST"):
+            if route.name not in ("page", "leaflet") and not (route.name == "session" and method == "POST"):
                 reviewer = self._authenticate()
             if route.name == "page":
                 self._send_page()
@@ -1018,6 +1025,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, app.scenes())
             elif route.name == "quicklook":
                 self._send(200, "image/png", app.quicklook(args[0]), {"Cache-Control": "private, max-age=3600"})
+            elif route.name == "density":
+                self._send_json(200, density_for_map(app.store, _one(query, "cell", "1000"), _one(query, "status", "all")))
+            elif route.name == "leaflet":  # one of the vendored files, by its listed name: never a path joined
+                found = vendored("/".join(parts[2:]))
+                if found is None:
+                    raise HTTPError(404, "no such file of Leaflet")
+                self._send(200, found[1], found[0], {"Cache-Control": "public, max-age=86400"})
             else:  # a route added to ROUTES without a handler here: a bug (500)
                 raise NotImplementedError(f"route {route.name!r} has no handler")
         except HTTPError as exc:
