@@ -20,7 +20,7 @@ def test_the_review_page_is_its_files_with_the_slots_filled() -> None:
     page = render_page("n0nce", {"statuses": ["unreviewed"], "title": "</script><script>alert(1)</script>"})
     assert static_text("sitewatch.imagery.review", "review.js") in page
     assert static_text("sitewatch.imagery.review", "review.css") in page
-    assert page.count('nonce="n0nce"') == 2
+    assert page.count('nonce="n0nce"') == 5  # its style, Leaflet's CSS and script, the shared map layers, its script
     assert "{{" not in page
     assert "<script>alert(1)" not in page  # data goes in as JSON, escaped for a script element
 
@@ -28,6 +28,7 @@ def test_the_review_page_is_its_files_with_the_slots_filled() -> None:
 def test_the_map_is_its_files_with_the_slots_filled() -> None:
     page = render_map_html([], "A {{title}} & <b>", "demo")
     assert static_text("sitewatch.imagery.detect", "map.js") in page
+    assert '<script src="/static/leaflet/leaflet.js"' in render_page("n", {"statuses": []})  # served, not fetched
     assert "A {{title}} &amp; &lt;b&gt;" in page  # a value is never scanned for slots
     assert re.search(r"\{\{\w+\}\}", page.replace("A {{title}}", "")) is None
 

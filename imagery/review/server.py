@@ -186,8 +186,8 @@ ROUTES: tuple[Route, ...] = (
     Route("session", ("api", "session"), methods=("GET", "POST")),
     Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
     Route("density", ("api", "density"), params=frozenset({"cell", "status"})),
-    Route("leaflet", ("static", "leaflet", "{name}")),
-    Route("leaflet", ("static", "leaflet", "images", "{name}")),
+    Route("leaflet", ("static", "leaflet", "{file}")),
+    Route("leaflet_image", ("static", "leaflet", "images", "{image}")),
 )
 
 
@@ -1003,7 +1003,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HTTPError(405, f"{method} is not allowed here; use {allowed}", {"Allow": allowed})
             _no_params(query, route.params)
             reviewer = None
-            if route.name not in ("page", "leaflet") and not (route.name == "session" and method == "POST"):
+            if route.name not in ("page", "leaflet", "leaflet_image") and not (route.name == "session" and method == "POST"):
                 reviewer = self._authenticate()
             if route.name == "page":
                 self._send_page()
@@ -1027,8 +1027,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "image/png", app.quicklook(args[0]), {"Cache-Control": "private, max-age=3600"})
             elif route.name == "density":
                 self._send_json(200, density_for_map(app.store, _one(query, "cell", "1000"), _one(query, "status", "all")))
-            elif route.name == "leaflet":  # one of the vendored files, by its listed name: never a path joined
-                found = vendored("/".join(parts[2:]))
+            elif route.name in ("leaflet", "leaflet_image"):  # a vendored file by its listed name, never a path
+                found = vendored(args[0] if route.name == "leaflet" else f"images/{args[0]}")
                 if found is None:
                     raise HTTPError(404, "no such file of Leaflet")
                 self._send(200, found[1], found[0], {"Cache-Control": "public, max-age=86400"})

@@ -40,7 +40,6 @@ VENDORED: dict[str, str] = {
 }
 
 
-@functools.cache
 def vendored(name: str) -> tuple[bytes, str] | None:
     """``(bytes, content type)`` of ``static/leaflet/NAME`` if it is one of :data:`VENDORED`, else None.
 
@@ -49,7 +48,12 @@ def vendored(name: str) -> tuple[bytes, str] | None:
     ctype = VENDORED.get(name)
     if ctype is None:
         return None
-    return _leaflet_dir().joinpath(*name.split("/")).read_bytes(), ctype
+    return _read(name), ctype
+
+
+@functools.cache
+def _read(name: str) -> bytes:  # only names of VENDORED: the cache stays that small
+    return _leaflet_dir().joinpath(*name.split("/")).read_bytes()
 
 
 def _leaflet_dir():  # noqa: ANN202 - an importlib.resources Traversable
