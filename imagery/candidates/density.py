@@ -201,7 +201,8 @@ def getis_ord_star(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if values.size < 2 or np.all(values == values[0]):
         return np.zeros(grid.shape), np.ones(grid.shape)
     w = lat2W(ny, nx, rook=False)  # ids row by row, as ravel()
-    g = G_Local(values, w, transform="B", permutations=0, star=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a grid of a few cells can have no variance: z NaN, then 0
+        g = G_Local(values, w, transform="B", permutations=0, star=True)
     z = np.nan_to_num(np.asarray(g.Zs, dtype=float), nan=0.0).reshape(grid.shape)
     return z, 2 * norm.sf(np.abs(z))
 

@@ -119,14 +119,15 @@
   window.sitewatchCandidates = {dataBounds: dataBounds, fit: fit};
   sel.addEventListener("change", fit);
   slider.addEventListener("input", filter);
-  document.getElementById("zin").addEventListener("click", function () { map.zoomIn(); });
-  document.getElementById("zout").addEventListener("click", function () { map.zoomOut(); });
+  function zoomBy(d) { map.setZoom(map.getZoom() + d, {animate: false}); }  // a key during an animation is kept
+  document.getElementById("zin").addEventListener("click", function () { zoomBy(1); });
+  document.getElementById("zout").addEventListener("click", function () { zoomBy(-1); });
   document.getElementById("zreset").addEventListener("click", function () { sel.value = ""; fit(); });
   document.addEventListener("keydown", function (e) {
     var t = e.target;
     if (t && (t.tagName === "SELECT" || (t.tagName === "INPUT" && t.type !== "range")) || e.ctrlKey || e.metaKey || e.altKey) { return; }
-    if (e.key === "+" || e.key === "=") { map.zoomIn(); }
-    else if (e.key === "-") { map.zoomOut(); }
+    if (e.key === "+" || e.key === "=") { zoomBy(1); }
+    else if (e.key === "-") { zoomBy(-1); }
     else if (e.key === "f") { sel.value = ""; fit(); }
   });
   fit();

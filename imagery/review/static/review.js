@@ -414,8 +414,8 @@
       case "u": case "U": decide("unsure"); break;
       case "ArrowDown": case "ArrowRight": case "j": move(1); break;
       case "ArrowUp": case "ArrowLeft": case "k": move(-1); break;
-      case "+": case "=": lmap.zoomIn(); break;
-      case "-": lmap.zoomOut(); break;
+      case "+": case "=": zoomBy(1); break;
+      case "-": zoomBy(-1); break;
       case "f": fit(); break;
       case "?": $("help").hidden = !$("help").hidden; break;
       case "Escape": $("help").hidden = true; break;
@@ -540,7 +540,7 @@
   }
   function updateLegend() {
     var d = state.density, on = d && (lmap.hasLayer(d.density) || lmap.hasLayer(d.hotspots));
-    legend.update({statuses: STATUSES, density: on ? d : null,
+    legend.update({density: on ? d : null,  // the status colours are in the layer control
                    note: state.densityNote || "wheel: zoom at the cursor \u00b7 drag: pan \u00b7 click a site"});
   }
   lmap.on("overlayadd overlayremove", updateLegend);
@@ -561,8 +561,11 @@
       document.body.dataset.density = "0";
     });
   }
-  $("z-in").addEventListener("click", function (e) { lmap.zoomIn(); e.target.blur(); });
-  $("z-out").addEventListener("click", function (e) { lmap.zoomOut(); e.target.blur(); });
+  function zoomBy(d) {  // at once, not animated: a key pressed during an animation would be lost
+    lmap.setZoom(lmap.getZoom() + d, {animate: false});
+  }
+  $("z-in").addEventListener("click", function (e) { zoomBy(1); e.target.blur(); });
+  $("z-out").addEventListener("click", function (e) { zoomBy(-1); e.target.blur(); });
   $("z-fit").addEventListener("click", function (e) { fit(); e.target.blur(); });
 
   // --- start ---------------------------------------------------------------------------
