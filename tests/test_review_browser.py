@@ -344,7 +344,7 @@ def test_page_works_under_its_csp(browser: Any, served: Served, run_dir: Path) -
     assert p.page.eval_on_selector("#chip", "img => img.naturalWidth") > 0
     # both quick-looks on the map, loaded from this server under the policy, and Leaflet's files too
     expect(p.page.locator("#map img.leaflet-image-layer")).to_have_count(2)
-    p.page.wait_for_selector("body[data-density]")
+    p.page.wait_for_selector("body[data-density='1']")
     widths = p.page.eval_on_selector_all("#map img.leaflet-image-layer", "ims => ims.map(i => i.complete && i.naturalWidth)")
     assert len(widths) == 2 and all(widths), widths
     assert p.page.eval_on_selector(".leaflet-container", "e => getComputedStyle(e).position") == "relative"  # leaflet.css
@@ -483,7 +483,7 @@ def test_fit_frames_the_data_and_a_selected_site_is_centred(browser: Any, served
         assert abs(v["cx"] - v["w"] / 2) <= 2 and abs(v["cy"] - v["h"] / 2) <= 2, v  # centred
         x0, y0, x1, y1 = v["box"]
         assert 0 <= x0 < x1 <= v["w"] and 0 <= y0 < y1 <= v["h"] and x1 - x0 >= 4 and y1 - y0 >= 4, v  # its box shows
-        assert v["zoom"] > 14, v
+        assert v["zoom"] >= 14, v
 
     # keys: + and - zoom by one step, f fits the data again (and so does the Fit button)
     z = p.page.evaluate("sitewatchMap.getZoom()")
@@ -590,6 +590,15 @@ def test_the_density_layer_toggles_with_its_legend_and_the_readme_screenshot(
         assert p.page.locator("path.sw-hotspot").count() == len(spots)
         assert p.page.locator("path.sw-hot").count() == sum(f["properties"]["hotspot"] == "hot" for f in spots)
         density.check()
+        # the density of the confirmed sites only (none yet): no cells, and the legend says why
+        p.page.select_option("#d-status", "confirmed")
+        p.page.wait_for_selector("body[data-density='1']")
+        assert density.is_checked() and p.page.locator("path.sw-density").count() == 0
+        assert "No confirmed sites to count" in p.page.inner_text(".sw-legend")
+        assert "Density: confirmed sites per 1 km cell" in p.page.inner_text(".sw-legend")
+        p.page.select_option("#d-status", "all")
+        p.page.wait_for_selector("body[data-density='1']")
+        assert p.page.locator("path.sw-density").count() == len(cells)
         p.page.keyboard.press("f")
         p.page.wait_for_function("() => { const i = document.getElementById('chip'); return i.complete && "
                                  "!document.getElementById('chip-box').classList.contains('loading'); }")

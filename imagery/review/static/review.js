@@ -364,7 +364,10 @@
         updateRow(j);
         if (j === state.sel) { showSite(s); loadDetail(s); }
       }
-      if (state.pending === 0) { loadSummary(); }  // refresh the run's counts once the queue is empty
+      if (state.pending === 0) {  // refresh the run's counts once the queue is empty (and a density by status)
+        loadSummary();
+        if ($("d-status").value !== "all" && state.density) { loadDensity(DENSITY_CELLS); }
+      }
     }).catch(function (err) {
       Object.assign(s, before);
       state.listReviewed -= counted;
@@ -531,12 +534,12 @@
     if (!b.isValid()) { if (!lmap._loaded) { lmap.setView([20, 0], 2); } return; }  // nothing to show yet
     lmap.fitBounds(b, {padding: [12, 12], maxZoom: 17, animate: false});
   }
-  function ensureVisible(s) {  // centre the site, its box a third of the view (at least ~400 m across)
+  function ensureVisible(s) {  // centre the site, its box at most a third of the view, ~1 km around it at least
     if (!hasPlace(s)) { return; }
     var b = siteBounds(s), c = b.getCenter(), cos = Math.max(Math.cos(c.lat * Math.PI / 180), 0.05);
-    var dy = Math.max((b.getNorth() - b.getSouth()) * 1.5, 0.002);
-    var dx = Math.max((b.getEast() - b.getWest()) * 1.5, 0.002 / cos);
-    lmap.fitBounds([[c.lat - dy, c.lng - dx], [c.lat + dy, c.lng + dx]], {maxZoom: 18, animate: false});
+    var dy = Math.max((b.getNorth() - b.getSouth()) * 1.5, 0.0045);
+    var dx = Math.max((b.getEast() - b.getWest()) * 1.5, 0.0045 / cos);
+    lmap.fitBounds([[c.lat - dy, c.lng - dx], [c.lat + dy, c.lng + dx]], {maxZoom: 17, animate: false});
   }
   function updateLegend() {
     var d = state.density, on = d && (lmap.hasLayer(d.density) || lmap.hasLayer(d.hotspots));
@@ -545,16 +548,29 @@
   }
   lmap.on("overlayadd overlayremove", updateLegend);
   var DENSITY_CELLS = [1000, 5000, 25000, 100000];  // metres: the next when the sites span too many cells
-  function loadDensity(cells) {
-    return api("/api/density?cell=" + cells[0] + "&status=all").then(function (fc) {
+  function loadDensity(cells) {  // (again) for the sites of the status chosen; layers that were on stay on
+    var status = $("d-status").value || "all", token = state.densityToken = (state.densityToken || 0) + 1;
+    document.body.dataset.density = "loading";
+    return api("/api/density?cell=" + cells[0] + "&status=" + enc(status)).then(function (fc) {
+      if (token !== state.densityToken) { return; }
+      var old = state.density, on = [false, false];
+      if (old) {
+        on = [lmap.hasLayer(old.density), lmap.hasLayer(old.hotspots)];
+        [old.density, old.hotspots].forEach(function (l) { control.removeLayer(l); lmap.removeLayer(l); });
+      }
       var d = M.densityLayers(fc, {density: "sw-density", hotspots: "sw-hotspots"});
       state.density = d;
       layers.density = d.density;
       layers.hotspots = d.hotspots;
       control.addOverlay(d.density, "Density (sites per cell)");
       control.addOverlay(d.hotspots, "Hotspots (Gi*)");
+      if (on[0]) { d.density.addTo(lmap); }
+      if (on[1]) { d.hotspots.addTo(lmap); }
+      state.densityNote = fc.sites ? null : "No " + status + " sites to count in the density.";
+      updateLegend();
       document.body.dataset.density = "1";
     }).catch(function (err) {
+      if (token !== state.densityToken) { return; }
       if (cells.length > 1 && /cells/.test(err.message)) { return loadDensity(cells.slice(1)); }
       state.densityNote = "No density layer: " + err.message;
       updateLegend();
@@ -580,6 +596,8 @@
     $("f-status").appendChild(lab);
   });
   updateLegend();
+  STATUSES.forEach(function (s) { $("d-status").appendChild(el("option", null, "density of " + s + " sites")).value = s; });
+  $("d-status").addEventListener("change", function (e) { e.target.blur(); loadDensity(DENSITY_CELLS); });
   // the status checkboxes exist only now: wire them up
   STATUSES.forEach(function (s) {
     $("f-st-" + s).addEventListener("change", function (e) { e.target.blur(); loadSites(); });

@@ -96,7 +96,7 @@
       },
       onEachFeature: function (f, layer) { layer.bindTooltip(cellTip(f.properties), {sticky: true}); }
     });
-    return {density: density, hotspots: hotspots, classes: classes, max: max, cell: fc.cell_m};
+    return {density: density, hotspots: hotspots, classes: classes, max: max, cell: fc.cell_m, status: fc.status};
   }
 
   function swatch(colour, outline) {
@@ -137,7 +137,8 @@
       if (c.density) {
         var d = c.density;
         box.appendChild(el("div", "sw-legend-head sw-legend-density",
-                           "Density: sites per " + (d.cell >= 1000 ? (d.cell / 1000) + " km" : d.cell + " m") + " cell"));
+                           "Density: " + (d.status && d.status !== "all" ? d.status + " " : "") + "sites per " +
+                           (d.cell >= 1000 ? (d.cell / 1000) + " km" : d.cell + " m") + " cell"));
         if (!d.classes.length || !d.max) { box.appendChild(el("div", "sw-legend-row", "no sites")); }
         d.classes.forEach(function (k) { row(box, rampColour(d.classes, k[1]), k[0] === k[1] ? String(k[0]) : k[0] + "\u2013" + k[1]); });
         box.appendChild(el("div", "sw-legend-head", "Hotspots (Gi*, 95%)"));
