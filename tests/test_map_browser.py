@@ -66,7 +66,8 @@ def test_map_html_opens_from_a_file_with_its_layers(browser: Any, run_dir: Path)
     assert re.fullmatch(r"\d+ k?m", page.inner_text(".leaflet-control-scale-line").strip())
     labels = [t.strip() for t in page.eval_on_selector_all(".leaflet-control-layers-overlays label",
                                                            "ls => ls.map(l => l.textContent)")]
-    assert labels == ["Scenes (quick-looks)", "Detections", "Density (sites per cell)", "Hotspots (Gi*)"]
+    assert labels == ["Scenes (quick-looks)", "Detections", "Sites: unreviewed", "Sites: confirmed", "Sites: rejected",
+                      "Sites: unsure", "Density (sites per cell)", "Hotspots (Gi*)"]
 
     # fitted to the data: every detection in view, and the scenes fill most of the map
     view = page.evaluate("""() => {
@@ -78,6 +79,19 @@ def test_map_html_opens_from_a_file_with_its_layers(browser: Any, run_dir: Path)
     inside = page.evaluate("ds => ds.every(d => sitewatchMap.getBounds().contains([d[1], d[0]]))",
                            [[f["properties"]["lon"], f["properties"]["lat"]] for f in dets])
     assert inside
+
+    # the sites by status: the unreviewed ones (all of them in a new run) on request, coloured by status
+    from sitewatch.imagery.candidates.store import CandidateStore
+
+    n_sites = len(CandidateStore.in_run_dir(run_dir).sites())
+    assert len(data["sites"]) == n_sites and {x[2] for x in data["sites"]} == {"unreviewed"}
+    assert page.locator("path.sw-site").count() == 0
+    page.locator(".leaflet-control-layers label", has_text="Sites: unreviewed").locator("input").check()
+    assert page.locator("path.sw-site.sw-unreviewed").count() == n_sites
+    assert "unreviewed" in page.inner_text(".sw-legend")
+    page.locator("path.sw-site").first.click(force=True)
+    assert re.search(r"Site\s+\S+-\d+", page.inner_text("#info"))  # click a site for its facts
+    page.locator(".leaflet-control-layers label", has_text="Sites: unreviewed").locator("input").uncheck()
 
     # density and hotspots: off at first, one cell per feature when on, with their legend
     assert page.locator("path.sw-density").count() == 0 and "Density" not in page.inner_text(".sw-legend")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from sitewatch.imagery.candidates.store import STATUSES
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.quicklook import png_bytes
 from sitewatch.imagery.webmap import leaflet_css, leaflet_js, maplayers_css, maplayers_js
@@ -111,7 +112,7 @@ class MapLayer:
 
 
 def render_map_html(layers: Sequence[MapLayer], title: str, model: str,
-                    density: dict[str, Any] | None = None) -> str:
+                    density: dict[str, Any] | None = None, sites: Sequence[Any] = ()) -> str:
     """Render the self-contained candidate map.
 
     Args:
@@ -120,6 +121,8 @@ def render_map_html(layers: Sequence[MapLayer], title: str, model: str,
         model: Model name or checkpoint shown in the header.
         density: the run's density and hotspot cells
             (:func:`~sitewatch.imagery.candidates.density.density_geojson`), or None.
+        sites: the run directory's sites (:class:`~sitewatch.imagery.candidates.store.Site`), shown
+            by review status.
 
     Returns:
         The HTML document; it references no external resource.
@@ -134,6 +137,8 @@ def render_map_html(layers: Sequence[MapLayer], title: str, model: str,
         "colours": colours,
         "scenes": [_scene_payload(layer, cls_index) for layer in layers],
         "density": density if density and density.get("features") else None,
+        "statuses": list(STATUSES),
+        "sites": [_site_payload(s) for s in sites if _finite(s.lon) is not None and _finite(s.lat) is not None],
     }
     swatches = "\n".join(f".s{i}{{background:{colour}}}" for i, colour in enumerate(colours))
     options = "".join(
@@ -210,6 +215,13 @@ def _scene_payload(layer: MapLayer, cls_index: dict[str, int]) -> dict[str, Any]
         "quicklook": f"data:image/png;base64,{_png_base64(layer)}",
         "dets": dets,
     }
+
+
+def _site_payload(site: Any) -> list[Any]:
+    """``[id, class, status, lon, lat, max_score, bbox or None]`` of a site."""
+    bbox = None if site.footprint is None else [round(float(v), 7) for v in site.footprint.bounds]
+    return [site.site_id, site.cls, site.status, round(float(site.lon), 7), round(float(site.lat), 7),
+            _finite(round(float(site.max_score), 4)), bbox]
 
 
 def _png_base64(layer: MapLayer) -> str:

@@ -341,6 +341,7 @@ def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, stag
         scenes = store.scenes(con=c)
         runs = store.runs(con=c)
         density = map_density(store, c)
+        sites = store.sites(con=c)
     counts: dict[str, int] = {}
     for d in detections:
         counts[d.cls] = counts.get(d.cls, 0) + 1
@@ -352,7 +353,7 @@ def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, stag
                 images[s.name] = np.asarray(im.convert("RGB"))
     title = f"sitewatch candidates: {', '.join(s.name for s in scenes)}"
     staging.write_text("map.html", render_map_html(store_map_layers(scenes, detections, images, pngs, scene_corners(runs)),
-                                                   title, summary.plan.model.spec.name, density))
+                                                   title, summary.plan.model.spec.name, density, sites))
     staging.write_json("run.json", combined_record(runs, counts, {s.name for s in scenes}))
     return ["detections.geojson", "map.html", "run.json"]
 

@@ -51,6 +51,29 @@
       detections.addLayer(poly);
     });
   });
+  // the sites by review status: those with a decision shown at first, the unreviewed ones on request
+  var sites = {};
+  data.statuses.forEach(function (st) {
+    sites[st] = L.layerGroup();
+    if (st !== "unreviewed") { sites[st].addTo(map); }
+    control.addOverlay(sites[st], "Sites: " + st);  // names from sitewatch's list of statuses
+  });
+  data.sites.forEach(function (x) {  // [id, class, status, lon, lat, max_score, bbox]
+    var group = sites[x[2]], colour = M.STATUS_COLOURS[x[2]] || "#fff";
+    if (!group) { return; }
+    if (x[6]) {
+      group.addLayer(L.rectangle([[x[6][1], x[6][0]], [x[6][3], x[6][2]]],
+                                 {color: colour, weight: 1.5, fill: false, interactive: false, className: "sw-site-box"}));
+    }
+    var dot = L.circleMarker([x[4], x[3]], {radius: 5, color: "#000", weight: 1.5, fillColor: colour, fillOpacity: 1,
+                                            className: "sw-site sw-" + x[2]});
+    dot.bindTooltip(el("span", null, x[0] + " \u00b7 " + x[1] + " \u00b7 " + fmt(x[5], 2) + " \u00b7 " + x[2]));
+    dot.on("click", function () {
+      rows([["Site", x[0]], ["Class", x[1]], ["Status", x[2]], ["Max score", fmt(x[5], 3)], ["Lon", fmt(x[3], 6)],
+            ["Lat", fmt(x[4], 6)]]);
+    });
+    group.addLayer(dot);
+  });
   var density = null;
   if (data.density) {
     density = M.densityLayers(data.density, {density: "sw-density", hotspots: "sw-hotspots"});
@@ -61,7 +84,9 @@
   legend.addTo(map);
   function updateLegend() {
     var on = density && (map.hasLayer(density.density) || map.hasLayer(density.hotspots));
-    legend.update({classes: data.classes.map(function (c, k) { return [c, data.colours[k]]; }), density: on ? density : null,
+    var shown = data.statuses.filter(function (st) { return map.hasLayer(sites[st]) && sites[st].getLayers().length; });
+    legend.update({classes: data.classes.map(function (c, k) { return [c, data.colours[k]]; }),
+                   statuses: shown.length ? shown : null, density: on ? density : null,
                    note: density ? null : "no density layer: no sites"});
   }
   map.on("overlayadd overlayremove", updateLegend);
@@ -103,6 +128,7 @@
     var b = L.latLngBounds([]);
     data.scenes.forEach(function (s) { b.extend(sceneBounds(s)); });
     marks.forEach(function (m) { if (m.d[2] !== null && m.d[3] !== null) { b.extend([m.d[3], m.d[2]]); } });
+    data.sites.forEach(function (x) { b.extend([x[4], x[3]]); });
     return b;
   }
   function fit() {
