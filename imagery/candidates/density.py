@@ -291,7 +291,7 @@ def cell_features(ds: Any) -> list[dict[str, Any]]:
 
 #: Most cells of the grid that :func:`density_geojson` computes for a web map (Gi* of a larger
 #: grid takes too long for a page to wait on).
-MAP_MAX_CELLS = 250_000
+MAP_MAX_CELLS = 60_000
 
 
 def density_geojson(store: CandidateStore, cell_m: float, status: str | Sequence[str] | None = "all", *,
