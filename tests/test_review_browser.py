@@ -485,6 +485,22 @@ def test_fit_frames_the_data_and_a_selected_site_is_centred(browser: Any, served
         assert 0 <= x0 < x1 <= v["w"] and 0 <= y0 < y1 <= v["h"] and x1 - x0 >= 4 and y1 - y0 >= 4, v  # its box shows
         assert v["zoom"] >= 14, v
 
+    # each quick-look lies on its scene's corners (placed by an affine map of its pixels, not by bounds)
+    placed = p.page.evaluate("""() => {
+      const m = window.sitewatchMap, box = m.getContainer().getBoundingClientRect(), out = [];
+      window.sitewatchReview.layers.scenes.eachLayer(l => {
+        if (!l._corners) { return; }
+        const pts = l._corners.map(c => m.latLngToContainerPoint(c)), r = l.getElement().getBoundingClientRect();
+        out.push({want: [Math.min(...pts.map(q => q.x)), Math.min(...pts.map(q => q.y)),
+                         Math.max(...pts.map(q => q.x)), Math.max(...pts.map(q => q.y))],
+                  got: [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top]});
+      });
+      return out;
+    }""")
+    assert len(placed) == 2
+    for q in placed:
+        assert all(abs(a - b) <= 1.5 for a, b in zip(q["want"], q["got"], strict=True)), q
+
     # keys: + and - zoom by one step, f fits the data again (and so does the Fit button)
     z = p.page.evaluate("sitewatchMap.getZoom()")
     p.page.keyboard.press("-")
