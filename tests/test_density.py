@@ -119,3 +119,35 @@ def test_cli_writes_one_line_and_fails_in_one_line(store: CandidateStore, tmp_pa
         r = subprocess.run([sys.executable, "-m", "sitewatch.cli", *full], capture_output=True, text=True, timeout=120)
         assert r.returncode == code and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (tmp_path / "e.tif").exists()
+
+
+def test_density_geojson_for_the_web_maps(store: CandidateStore) -> None:
+    from sitewatch.imagery.candidates.density import density_for_map, density_geojson
+
+    fc = density_geojson(store, 1000.0)
+    assert fc["type"] == "FeatureCollection" and fc["grid_crs"] == "EPSG:32646" and fc["cell_m"] == 1000.0
+    assert fc["sites"] == 21 and fc["status"] == "all"
+    counts = [f["properties"]["count"] for f in fc["features"]]
+    assert sum(counts) == 21 and max(counts) == fc["max_count"] == 12  # every class in one grid: the kiln cluster
+    top = next(f for f in fc["features"] if f["properties"]["count"] == 12)
+    assert top["properties"]["hotspot"] == "hot" and top["properties"]["gi_z"] > 1.96 and top["properties"]["gi_p"] < 0.05
+    assert {f["properties"]["hotspot"] for f in fc["features"]} <= {"hot", "cold", None}
+    from shapely.geometry import Point, shape
+
+    cell = shape(top["geometry"])  # lon/lat, about 1 km square, around the cluster
+    assert cell.contains(Point(LON0 + 10_500 * M_LON, LAT0 + 10_450 * M_LAT))
+    assert 0.9 < (cell.bounds[2] - cell.bounds[0]) / (1000 * M_LON) < 1.1
+    assert 0.9 < (cell.bounds[3] - cell.bounds[1]) / (1000 * M_LAT) < 1.1
+    # by status; none of a status: no cells, no error (the map shows an empty layer)
+    store.review("kiln-000001", "confirmed", "ana")
+    assert density_geojson(store, 2000.0, "confirmed")["sites"] == 1
+    assert density_for_map(store, "2km", "confirmed,unsure")["sites"] == 1
+    empty = density_geojson(store, 1000.0, ["rejected"])
+    assert empty["features"] == [] and empty["grid_crs"] is None
+    with pytest.raises(UsageError, match="status"):
+        density_geojson(store, 1000.0, "maybe")
+    with pytest.raises(UsageError, match="larger --cell"):
+        density_geojson(store, 10.0, max_cells=1000)
+    for bad in ("abc", "5", "2000km"):
+        with pytest.raises(UsageError, match="cell"):
+            density_for_map(store, bad)

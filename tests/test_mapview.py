@@ -51,36 +51,58 @@ def page() -> str:
     return render_map_html([_layer(n=5), _layer("second", n=2, seed=1)], "Run 1", "resnet18-v1")
 
 
+def _outside_scripts(page: str) -> str:
+    """The page without the text of its inline scripts and CSS comments (Leaflet's code names web sites in
+    strings and comments: text, never loaded; the browser test sees that nothing is)."""
+    page = re.sub(r"/\*.*?\*/", "", page, flags=re.S)
+    return re.sub(r"(<script[^>]*>).*?(</script>)", r"\1\2", page, flags=re.S)
+
+
 def test_no_external_references(page: str) -> None:
-    assert "http://" not in page
-    assert "https://" not in page
-    values = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
-    assert values and all(v.startswith("data:image/png;base64,") for v in values)
-    assert "<link" not in page
-    assert not re.search(r"<script[^>]*\bsrc\b", page)
-    assert "@import" not in page and "url(" not in page
+    markup = _outside_scripts(page)
+    assert "http://" not in markup
+    assert "https://" not in markup
+    assert not re.findall(r"""\b(?:src|href)\s*=""", markup)  # nothing to load: no link, no script src, no img
+    assert "<link" not in markup
+    assert "@import" not in page
+    assert {u[:22] for u in re.findall(r"url\(([^)]{0,30})", page)} <= {"#default#VML", "data:image/png;base64,"}
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', page)
+    assert csp and "default-src 'none'" in csp.group(1) and "img-src data:" in csp.group(1)  # nothing can be fetched
+    assert all(s["quicklook"].startswith("data:image/png;base64,") for s in _data(page)["scenes"])
 
 
-def test_one_rect_per_detection(page: str) -> None:
-    assert page.count("<rect") == 7
-    assert len(re.findall(r'<rect class="det c\d+"', page)) == 7
-    assert page.count("<title>") == 1 + 7  # page title + one tooltip per box
+def test_leaflet_is_inline() -> None:
+    from sitewatch.imagery.webmap import LEAFLET_VERSION, leaflet_css, leaflet_js, maplayers_js
+
+    page = render_map_html([_layer(n=1)], "t", "m")
+    assert leaflet_js() in page and maplayers_js() in page and leaflet_css() in page
+    assert f"Leaflet {LEAFLET_VERSION}" in leaflet_js()
+    assert "url(images/" not in page  # Leaflet's images are inline too
 
 
-def test_rect_coordinates_are_box_over_scale() -> None:
+def test_corners_and_scene_size() -> None:
     layer = _layer(n=1, scale=4.0)
-    page = render_map_html([layer], "t", "m")
-    x0, y0, x1, y1 = layer.boxes[0] / 4.0
-    m = re.search(r'<rect [^>]*x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', page)
-    assert m is not None
-    got = [float(v) for v in m.groups()]
-    np.testing.assert_allclose(got, [x0, y0, x1 - x0, y1 - y0], atol=0.01)
+    s = _data(render_map_html([layer], "t", "m"))["scenes"][0]
+    assert s["corners"] == [[14.0, 44.0], [16.0, 44.0], [16.0, 43.0], [14.0, 43.0]]  # from the bounds
+    assert (s["scene_width"], s["scene_height"]) == (64 * 4.0, 40 * 4.0)
+    turned = ((14.0, 44.1), (16.1, 44.0), (16.0, 42.9), (13.9, 43.0))
+    layer = MapLayer(layer.scene, layer.image, 4.0, layer.boxes, layer.classes, layer.scores, layer.lonlat,
+                     layer.bounds_lonlat, corners_lonlat=turned, scene_size=(255, 161))
+    s = _data(render_map_html([layer], "t", "m"))["scenes"][0]
+    assert s["corners"] == [list(c) for c in turned] and (s["scene_width"], s["scene_height"]) == (255, 161)
+    with pytest.raises(UsageError, match="corners"):
+        MapLayer("s", layer.image, 1.0, layer.boxes, layer.classes, layer.scores, layer.lonlat, layer.bounds_lonlat,
+                 corners_lonlat=((0.0, 0.0),))
 
 
-def test_tooltip_shows_class_and_score() -> None:
-    layer = _layer(n=1, cls="vessel")
-    page = render_map_html([layer], "t", "m")
-    assert f"<title>vessel {layer.scores[0]:.3f}</title>" in page
+def test_density_is_embedded_when_there_are_cells() -> None:
+    fc = {"type": "FeatureCollection", "cell_m": 1000.0, "grid_crs": "EPSG:32633", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[14, 43], [14.01, 43], [14.01, 43.01],
+                                                                               [14, 43.01], [14, 43]]]},
+         "properties": {"count": 3, "gi_z": 2.5, "gi_p": 0.01, "hotspot": "hot"}}]}
+    assert _data(render_map_html([_layer(n=1)], "t", "m", fc))["density"] == fc
+    assert _data(render_map_html([_layer(n=1)], "t", "m", {**fc, "features": []}))["density"] is None
+    assert _data(render_map_html([_layer(n=1)], "t", "m"))["density"] is None
 
 
 def test_escapes_text() -> None:
@@ -89,7 +111,7 @@ def test_escapes_text() -> None:
     assert EVIL not in page
     assert "alert(1)" in page  # shown, as text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert page.count("<script") == 2  # the data block and the page script only
+    assert page.count("<script") == 4  # the data block, Leaflet, the shared layers and the page script only
     data = _data(page)
     assert data["scenes"][0]["name"] == EVIL
     assert data["classes"] == [EVIL]
@@ -116,21 +138,19 @@ def test_json_round_trip(page: str) -> None:
 
 def test_embedded_png_round_trips() -> None:
     layer = _layer(n=0)
-    page = render_map_html([layer], "t", "m")
-    m = re.search(r'href="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert m is not None
-    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))).convert("RGB"))
+    url = _data(render_map_html([layer], "t", "m"))["scenes"][0]["quicklook"]
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.removeprefix("data:image/png;base64,")))).convert("RGB"))
     assert (img == layer.image).all()
 
 
 def test_legend_counts_and_controls(page: str) -> None:
     assert 'id="minscore"' in page and 'type="range"' in page
-    assert 'id="scene"' in page and page.count("<option") == 2
-    assert 'id="zin"' in page and 'id="zout"' in page
+    assert 'id="scene"' in page and page.count("<option") == 3  # all scenes, and each
+    assert 'id="zin"' in page and 'id="zout"' in page and 'id="zreset"' in page
     assert 'id="info"' in page
-    # the first scene has 3 vessels and 2 kilns
-    assert re.search(r'vessel <span class="n" data-c="0">3 / 3</span>', page)
-    assert re.search(r'kiln <span class="n" data-c="1">2 / 2</span>', page)
+    # both scenes: 3 + 1 vessels and 2 + 1 kilns
+    assert re.search(r'vessel <span class="n" data-c="0">4 / 4</span>', page)
+    assert re.search(r'kiln <span class="n" data-c="1">3 / 3</span>', page)
 
 
 def test_other_classes_and_nan_values() -> None:

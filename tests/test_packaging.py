@@ -19,7 +19,13 @@ def test_the_wheel_installs_only_sitewatch_with_its_data(tmp_path: Path) -> None
     assert top == {"sitewatch"}  # no top-level `imagery` or `training` to collide with a user's modules
     for expected in ("sitewatch/imagery/detect/pipeline.py", "sitewatch/training/run.py", "sitewatch/cli.py",
                      "sitewatch/imagery/review/static/review.js", "sitewatch/imagery/detect/static/map.html",
-                     "sitewatch/imagery/weights/vessels-s2/model.pt", "sitewatch/imagery/weights/vessels-s2/config.yaml"):
+                     "sitewatch/imagery/weights/vessels-s2/model.pt", "sitewatch/imagery/weights/vessels-s2/config.yaml",
+                     # the vendored Leaflet, its licence and images, and the maps' shared layers
+                     "sitewatch/imagery/webmap/static/leaflet/leaflet.js",
+                     "sitewatch/imagery/webmap/static/leaflet/leaflet.css",
+                     "sitewatch/imagery/webmap/static/leaflet/LICENSE",
+                     "sitewatch/imagery/webmap/static/leaflet/images/layers.png",
+                     "sitewatch/imagery/webmap/static/maplayers.js", "sitewatch/imagery/webmap/static/maplayers.css"):
         assert expected in names
     # every module of the source tree is in the wheel, under its installed name
     for folder, prefix in (("imagery", "sitewatch/imagery"), ("training", "sitewatch/training")):

@@ -401,7 +401,8 @@ def test_oversized_and_malformed_bodies(server: ReviewServer, run_dir: Path) -> 
 def valid_args(run_dir: Path) -> dict[str, str]:
     """A name that exists for each kind of route argument (a route with a new kind needs one here)."""
     store = CandidateStore.in_run_dir(run_dir)
-    return {"{id}": store.sites()[0].site_id, "{name}": store.scenes()[0].name, "scene": store.scenes()[0].name}
+    return {"{id}": store.sites()[0].site_id, "{name}": store.scenes()[0].name, "scene": store.scenes()[0].name,
+            "{file}": "leaflet.js", "{image}": "layers.png"}
 
 
 @pytest.fixture(scope="module")
@@ -969,3 +970,43 @@ def test_reviewers_cli_issues_lists_and_revokes_tokens(run_dir: Path, tmp_path: 
     assert "Car la  issued" in listed.stdout
     gone = subprocess.run(_sitewatch("reviewers", "revoke", "Car la", str(run)), capture_output=True, text=True, timeout=60)
     assert gone.returncode == 0 and store.reviewer_for_token(token) is None
+
+
+# --- the web map: the vendored Leaflet and the density layer ----------------------------------------
+
+
+def test_the_vendored_leaflet_is_served_without_a_login_and_nothing_else_under_static(server: ReviewServer) -> None:
+    from sitewatch.imagery.webmap import VENDORED, vendored
+
+    for name, ctype in VENDORED.items():
+        status, headers, body = request(server, "GET", f"/static/leaflet/{name}", auth=False)
+        assert status == 200 and headers["content-type"] == ctype, name
+        assert body == vendored(name)[0]  # type: ignore[index]
+        assert headers["x-content-type-options"] == "nosniff"
+    for target in ("/static/leaflet/leaflet.js.map", "/static/leaflet/leaflet-src.js", "/static/leaflet/images/x.png",
+                   "/static/leaflet/images/leaflet.js", "/static/leaflet/%2e%2e%2f__init__.py",
+                   "/static/leaflet/..%2F..%2Fwebmap%2F__init__.py", "/static/leaflet/images/..%2Fleaflet.js",
+                   "/static/leaflet/", "/static/leaflet/LICENSE/x", "/static/maplayers.js"):
+        status, headers, body = request(server, "GET", target, auth=False)
+        assert_error(status, headers, body, 404, 404)
+
+
+def test_density_is_lon_lat_cells_with_counts_and_hotspots(server: ReviewServer, run_dir: Path) -> None:
+    status, headers, body = request(server, "GET", "/api/density", auth=False)
+    assert "log in" in assert_error(status, headers, body, 401, 401)
+    status, _, body = request(server, "GET", "/api/density?cell=1000&status=all")
+    assert status == 200, body[:200]
+    fc = json.loads(body)
+    sites = CandidateStore.in_run_dir(run_dir).sites()
+    assert fc["type"] == "FeatureCollection" and fc["cell_m"] == 1000 and fc["grid_crs"].startswith("EPSG:326")
+    assert sum(f["properties"]["count"] for f in fc["features"]) == len(sites) == fc["sites"]
+    for f in fc["features"]:
+        p = f["properties"]
+        assert set(p) == {"count", "gi_z", "gi_p", "hotspot"} and p["hotspot"] in ("hot", "cold", None)
+        ring = f["geometry"]["coordinates"][0]
+        assert len(ring) == 5 and all(-180 <= x <= 180 and -90 <= y <= 90 for x, y in ring)
+    status, _, body = request(server, "GET", "/api/density?cell=5km&status=confirmed,unsure")
+    assert status == 200 and json.loads(body)["cell_m"] == 5000
+    for bad in ("cell=abc", "cell=-5", "cell=1", "status=maybe", "cell=1000&cell=2000", "zoom=3"):
+        status, headers, body = request(server, "GET", f"/api/density?{bad}")
+        assert_error(status, headers, body, 400, 400)

@@ -313,13 +313,18 @@ def test_markup_in_the_store_is_text(browser: Any, tmp_path: Path, add_scene: Ad
         assert p.page.text_content("#dets td") == SCENE
         facts = p.page.text_content("#facts") or ""
         assert SCENE in facts and REVIEWER in facts
-        assert (p.page.text_content("#map-scenes title") or "").startswith(SCENE)
+        # the scene's name in its outline's tooltip on the map: text too
+        p.page.evaluate("() => sitewatchReview.layers.scenes.eachLayer(l => { if (l.getTooltip()) { l.openTooltip(); } })")
+        assert (p.page.text_content(".leaflet-tooltip") or "").startswith(SCENE)
         assert p.page.text_content("#run") == RUN and RUN in p.page.title()
         # nothing of the markup became an element
         assert p.page.evaluate("document.querySelectorAll('[onerror], [onload], [onmouseover], b').length") == 0
-        assert p.page.evaluate("document.querySelectorAll('script').length") == 2  # the config and the page's
-        assert p.page.evaluate("document.querySelectorAll('img').length") == 1  # the chip
-        assert p.page.evaluate("document.querySelectorAll('svg').length") == 1  # the map
+        # the config, Leaflet, the map layers and the page's
+        assert p.page.evaluate("document.querySelectorAll('script').length") == 4
+        # the chip (and the map's quick-looks, none here: the scene has no files)
+        assert p.page.evaluate("document.querySelectorAll('img:not(.leaflet-image-layer)').length") == 1
+        assert p.page.evaluate("document.querySelectorAll('svg').length") >= 1  # the map's vector layers...
+        assert p.page.evaluate("document.querySelectorAll('svg:not(#map svg)').length") == 0  # ...and no other
         assert not [m for m in p.console if m[0] == "pageerror"], p.console
         assert not _csp_messages(p), p.console  # the CSP had nothing to block
         p.page.close()
@@ -337,7 +342,13 @@ def test_page_works_under_its_csp(browser: Any, served: Served, run_dir: Path) -
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
     expect(p.page.locator("#chip-box")).not_to_have_class(re.compile("loading"))
     assert p.page.eval_on_selector("#chip", "img => img.naturalWidth") > 0
-    assert p.page.eval_on_selector_all("#map-scenes image", "ims => ims.length") == 2
+    # both quick-looks on the map, loaded from this server under the policy, and Leaflet's files too
+    expect(p.page.locator("#map img.leaflet-image-layer")).to_have_count(2)
+    p.page.wait_for_selector("body[data-density='1']")
+    widths = p.page.eval_on_selector_all("#map img.leaflet-image-layer", "ims => ims.map(i => i.complete && i.naturalWidth)")
+    assert len(widths) == 2 and all(widths), widths
+    assert p.page.eval_on_selector(".leaflet-container", "e => getComputedStyle(e).position") == "relative"  # leaflet.css
+    assert not _csp_messages(p), p.console  # Leaflet and the layers run under the policy: nothing blocked
 
     site = p.selected()
     expect(p.page.locator("#reviewer")).to_have_text("ana")  # logged in by the link's token, under the CSP
@@ -400,3 +411,218 @@ def test_the_page_logs_in_by_the_token_in_its_link(browser: Any, served: Served,
     expect(p.page.locator("#reviewer")).to_have_text("dina")
     assert "#token" not in p.page.url and len(p.rows()) > 0
     assert not p.errors(), p.errors()
+
+
+# --- the map: Leaflet, vendored; fit, selection, keys, wheel, layers, density ------------------------
+
+PORTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen2ships"
+DENSITY_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review-density.png"
+
+# JavaScript run in the page (the tests bypass the CSP to evaluate it; test_page_works_under_its_csp runs
+# the page under it): the map's view and the data's extent, in container pixels.
+VIEW = """() => {
+  const m = window.sitewatchMap, b = m.getBounds(), d = window.sitewatchReview.dataBounds(), s = m.getSize();
+  const px = ll => m.latLngToContainerPoint(ll);
+  return {zoom: m.getZoom(), w: s.x, h: s.y,
+          map: [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()],
+          data: [d.getWest(), d.getSouth(), d.getEast(), d.getNorth()],
+          dataPx: [px(d.getNorthWest()).x, px(d.getNorthWest()).y, px(d.getSouthEast()).x, px(d.getSouthEast()).y]};
+}"""
+SITE_VIEW = """i => {
+  const m = window.sitewatchMap, b = window.sitewatchReview.siteBounds(i), s = m.getSize();
+  const c = m.latLngToContainerPoint(b.getCenter()), nw = m.latLngToContainerPoint(b.getNorthWest()),
+        se = m.latLngToContainerPoint(b.getSouthEast());
+  return {cx: c.x, cy: c.y, w: s.x, h: s.y, box: [nw.x, nw.y, se.x, se.y], inside: m.getBounds().contains(b),
+          zoom: m.getZoom()};
+}"""
+
+
+def _leaves_localhost(page: Any) -> list[str]:
+    """Abort (and list) every request of ``page`` to anything but this machine: the map must need none."""
+    blocked: list[str] = []
+
+    def route(r: Any) -> None:
+        host = urlsplit(r.request.url).hostname or ""
+        if r.request.url.startswith("data:") or host in ("127.0.0.1", "localhost", "::1"):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return blocked
+
+
+def _frames(v: dict[str, Any]) -> None:
+    """The map shows all the data, and the data fill most of it (fit frames the data, not the globe)."""
+    w, s, e, n = v["map"]
+    dw, ds, de, dn = v["data"]
+    assert w <= dw and s <= ds and e >= de and n >= dn, v
+    x0, y0, x1, y1 = v["dataPx"]
+    assert (x1 - x0) >= 0.5 * v["w"] or (y1 - y0) >= 0.5 * v["h"], v
+    assert v["zoom"] >= 10, v  # a few km of scenes: nowhere near the whole globe
+
+
+def test_fit_frames_the_data_and_a_selected_site_is_centred(browser: Any, served: Served, run_dir: Path) -> None:
+    p = Page(browser, served.url)
+    blocked = _leaves_localhost(p.page)
+    _frames(p.page.evaluate(VIEW))  # the page opens fitted to the data
+
+    # a site from the end of the list, then the next one by key: each centred, its box in view
+    sites = p.rows()
+    for how in ("click", "j"):
+        if how == "click":
+            i = len(sites) - 3
+            p.page.click(f"#list tbody tr[data-i='{i}']")
+        else:
+            i += 1
+            p.page.keyboard.press("j")
+        p.page.wait_for_function("t => document.getElementById('site-id').textContent === t", arg=sites[i]["id"])
+        v = p.page.evaluate(SITE_VIEW, i)
+        assert v["inside"], v
+        assert abs(v["cx"] - v["w"] / 2) <= 2 and abs(v["cy"] - v["h"] / 2) <= 2, v  # centred
+        x0, y0, x1, y1 = v["box"]
+        assert 0 <= x0 < x1 <= v["w"] and 0 <= y0 < y1 <= v["h"] and x1 - x0 >= 4 and y1 - y0 >= 4, v  # its box shows
+        assert v["zoom"] >= 14, v
+
+    # each quick-look lies on its scene's corners (placed by an affine map of its pixels, not by bounds)
+    placed = p.page.evaluate("""() => {
+      const m = window.sitewatchMap, box = m.getContainer().getBoundingClientRect(), out = [];
+      window.sitewatchReview.layers.scenes.eachLayer(l => {
+        if (!l._corners) { return; }
+        const pts = l._corners.map(c => m.latLngToContainerPoint(c)), r = l.getElement().getBoundingClientRect();
+        out.push({want: [Math.min(...pts.map(q => q.x)), Math.min(...pts.map(q => q.y)),
+                         Math.max(...pts.map(q => q.x)), Math.max(...pts.map(q => q.y))],
+                  got: [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top]});
+      });
+      return out;
+    }""")
+    assert len(placed) == 2
+    for q in placed:
+        assert all(abs(a - b) <= 1.5 for a, b in zip(q["want"], q["got"], strict=True)), q
+
+    # keys: + and - zoom by one step, f fits the data again (and so does the Fit button)
+    z = p.page.evaluate("sitewatchMap.getZoom()")
+    p.page.keyboard.press("-")
+    assert p.page.evaluate("sitewatchMap.getZoom()") == z - 1
+    p.page.keyboard.press("+")
+    p.page.keyboard.press("+")
+    assert p.page.evaluate("sitewatchMap.getZoom()") == z + 1  # two quick presses: two steps
+    p.page.keyboard.press("f")
+    _frames(p.page.evaluate(VIEW))
+    z = p.page.evaluate("sitewatchMap.getZoom()")
+    p.page.click("#z-in")
+    assert p.page.evaluate("sitewatchMap.getZoom()") == z + 1
+    p.page.click("#z-fit")
+    _frames(p.page.evaluate(VIEW))
+
+    # the scroll wheel zooms in at the cursor: the place under it stays under it
+    box = p.page.locator("#map").bounding_box()
+    assert box is not None
+    at = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+    local = [at[0] - box["x"], at[1] - box["y"]]
+    before = p.page.evaluate("pt => { const ll = sitewatchMap.containerPointToLatLng(pt); return [ll.lat, ll.lng, "
+                             "sitewatchMap.getZoom()]; }", local)
+    p.page.mouse.move(*at)
+    p.page.mouse.wheel(0, -240)
+    p.page.wait_for_function("z => sitewatchMap.getZoom() > z && !sitewatchMap._animatingZoom", arg=before[2])
+    p.page.wait_for_timeout(400)  # the end of the zoom animation
+    after = p.page.evaluate("ll => { const pt = sitewatchMap.latLngToContainerPoint(ll); return [pt.x, pt.y]; }",
+                            before[:2])
+    assert abs(after[0] - local[0]) <= 3 and abs(after[1] - local[1]) <= 3, (local, after)
+
+    # a scale bar, and a toggle per layer
+    assert re.fullmatch(r"\d+ k?m", p.page.inner_text(".leaflet-control-scale-line").strip())
+    labels = [t.strip() for t in p.page.eval_on_selector_all(".leaflet-control-layers-overlays label",
+                                                             "ls => ls.map(l => l.textContent)")]
+    assert labels[:6] == ["Scenes (quick-looks)", "Sites: unreviewed", "Sites: confirmed", "Sites: rejected",
+                          "Sites: unsure", "Detections of the selected site"], labels
+    p.page.wait_for_selector("body[data-density='1']")
+    assert "Density (sites per cell)" in p.page.inner_text(".leaflet-control-layers-overlays")
+    assert "Hotspots (Gi*)" in p.page.inner_text(".leaflet-control-layers-overlays")
+    # the selected site's detections and footprint are drawn; hiding the scenes hides the quick-looks
+    p.page.keyboard.press("f")
+    p.page.wait_for_selector("path.sw-detection")
+    assert p.page.locator("path.sw-footprint").count() == 1
+    n_sites = p.page.locator("path.sw-site").count()
+    assert n_sites == len(sites)
+    p.page.locator(".leaflet-control-layers label", has_text="Sites: unreviewed").locator("input").uncheck()
+    assert p.page.locator("path.sw-site").count() < n_sites
+    p.page.locator(".leaflet-control-layers label", has_text="Scenes").locator("input").uncheck()
+    assert p.page.locator("#map img.leaflet-image-layer").count() == 0
+    assert not p.errors(), p.errors()
+    assert not blocked, blocked
+    origin = served.base.rstrip("/")
+    assert all(u.startswith(origin + "/") or u.startswith("data:") for u in p.requests), p.requests
+
+
+def _ports_run(base: Path) -> Path | None:
+    """A real detect run over a port of ../shared/data/sen2ships with the shipped vessels model, if there."""
+    from sitewatch.imagery.models.registry import shipped_models
+
+    if not (PORTS / "busan").is_dir() or "vessels-s2" not in shipped_models():
+        return None
+    from sitewatch.imagery.detect.pipeline import DetectSettings, detect
+
+    run = base / "busan"
+    detect([PORTS / "busan"], "vessels-s2", run, DetectSettings(workers=2))
+    return run
+
+
+def test_the_density_layer_toggles_with_its_legend_and_the_readme_screenshot(
+        browser: Any, run_dir: Path, tmp_path: Path) -> None:
+    """The density and hotspot layers from /api/density: off at first, on and off from the layer control,
+    one cell per feature coloured by count, the legend's density part shown with them. Saves the
+    README's screenshot, docs/review-density.png (a real port when ../shared/data is there)."""
+    from sitewatch.imagery.candidates.density import density_for_map
+
+    run = _ports_run(tmp_path) or run_dir
+    store = CandidateStore.in_run_dir(run)
+    fc = density_for_map(store, "1000", "all")
+    s = Served(run)
+    try:
+        p = Page(browser, s.url)
+        blocked = _leaves_localhost(p.page)
+        p.page.wait_for_selector("body[data-density='1']", timeout=30_000)
+        assert p.page.locator("path.sw-density").count() == 0
+        assert "Density" not in p.page.inner_text(".sw-legend")
+        density = p.page.locator(".leaflet-control-layers label", has_text="Density").locator("input")
+        hotspots = p.page.locator(".leaflet-control-layers label", has_text="Hotspots").locator("input")
+        density.check()
+        cells = [f for f in fc["features"] if f["properties"]["count"] > 0]
+        assert cells and p.page.locator("path.sw-density").count() == len(cells)
+        legend = p.page.inner_text(".sw-legend")
+        assert "Density: sites per 1 km cell" in legend and "Hotspots (Gi*, 95%)" in legend
+        fills = set(p.page.eval_on_selector_all("path.sw-density", "ps => ps.map(x => x.getAttribute('fill'))"))
+        classes = p.page.evaluate("m => sitewatchMaps.breaks(m)", fc["max_count"])  # [lo, hi] of each colour
+        assert classes[0][0] == 1 and classes[-1][1] == fc["max_count"] and 1 <= len(classes) <= 5
+        hit = {next(k for k, (lo, hi) in enumerate(classes) if lo <= f["properties"]["count"] <= hi) for f in cells}
+        assert len(fills) == len(hit)  # one colour per class of the ramp that some cell falls in
+        density.uncheck()
+        assert p.page.locator("path.sw-density").count() == 0
+        assert "Density" not in p.page.inner_text(".sw-legend")
+        hotspots.check()
+        spots = [f for f in fc["features"] if f["properties"]["hotspot"]]
+        assert p.page.locator("path.sw-hotspot").count() == len(spots)
+        assert p.page.locator("path.sw-hot").count() == sum(f["properties"]["hotspot"] == "hot" for f in spots)
+        density.check()
+        # the density of the confirmed sites only (none yet): no cells, and the legend says why
+        p.page.select_option("#d-status", "confirmed")
+        p.page.wait_for_selector("body[data-density='1']")
+        assert density.is_checked() and p.page.locator("path.sw-density").count() == 0
+        assert "No confirmed sites to count" in p.page.inner_text(".sw-legend")
+        assert "Density: confirmed sites per 1 km cell" in p.page.inner_text(".sw-legend")
+        p.page.select_option("#d-status", "all")
+        p.page.wait_for_selector("body[data-density='1']")
+        assert p.page.locator("path.sw-density").count() == len(cells)
+        p.page.keyboard.press("f")
+        p.page.wait_for_function("() => { const i = document.getElementById('chip'); return i.complete && "
+                                 "!document.getElementById('chip-box').classList.contains('loading'); }")
+        widths = p.page.eval_on_selector_all("#map img.leaflet-image-layer", "ims => ims.map(i => i.complete && i.naturalWidth)")
+        assert widths and all(widths), widths
+        DENSITY_SCREENSHOT.parent.mkdir(exist_ok=True)
+        p.page.screenshot(path=str(DENSITY_SCREENSHOT))
+        assert not p.errors(), p.errors()
+        assert not blocked, blocked
+    finally:
+        s.stop()

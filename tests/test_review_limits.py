@@ -313,7 +313,7 @@ def test_density_is_geojson_in_lonlat(run_dir: Path) -> None:
             assert p["gi_z"] is None or (isinstance(p["gi_z"], float | int) and math.isfinite(p["gi_z"]))
             assert p["gi_p"] is None or 0.0 <= p["gi_p"] <= 1.0
             assert p["hotspot"] in ("hot", "cold", None)
-            assert sum(p["classes"].values()) == p["count"] and set(p["classes"]) <= {"kiln", "vessel"}
+        assert doc["sites"] == len(sites) and doc["max_count"] == max(f["properties"]["count"] for f in doc["features"])
         # one feature per cell: no two polygons the same
         assert len({json.dumps(f["geometry"]) for f in doc["features"]}) == len(doc["features"])
         # the cell size is the grid's
@@ -324,7 +324,8 @@ def test_density_is_geojson_in_lonlat(run_dir: Path) -> None:
         store.review(sites[0].site_id, "confirmed", "ana")
         confirmed = json.loads(get(srv, "/api/density?status=confirmed")[2])
         assert [f["properties"]["count"] for f in confirmed["features"] if f["properties"]["count"]] == [1]
-        for bad in ("cell=abc", "cell=0", "cell=-5", "cell=nan", "cell=1e12", "status=rejected", "cell=1&cell=2",
+        assert json.loads(get(srv, "/api/density?cell=1km")[2])["cell_m"] == 1000
+        for bad in ("cell=abc", "cell=0", "cell=-5", "cell=nan", "cell=1e12", "status=approved", "cell=1&cell=2",
                     "zoom=2"):
             assert_error(*get(srv, f"/api/density?{bad}"), 400)
         assert_error(*get(srv, "/api/density", auth=False), 401)
@@ -337,4 +338,5 @@ def test_density_of_an_empty_store(tmp_path: Path, add_scene: AddScene) -> None:
     with serving(run) as srv:
         status, _, body = get(srv, "/api/density")
         assert status == 200
-        assert json.loads(body) == {"type": "FeatureCollection", "cell_m": 1000.0, "grid_crs": None, "features": []}
+        assert json.loads(body) == {"type": "FeatureCollection", "cell_m": 1000.0, "grid_crs": None, "features": [],
+                                    "status": "all", "sites": 0, "max_count": 0}

@@ -92,7 +92,10 @@ def density(
     statuses: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     by_date: bool = True,
+    by_class: bool = True,
     crs: str | None = None,
+    max_cells: int = MAX_CELLS,
+    con: Any = None,
 ) -> Any:
     """Sites per grid cell and their Gi* hotspots, as an ``xarray.Dataset``.
 
@@ -102,17 +105,20 @@ def density(
         statuses: count only sites with these review statuses (``["confirmed"]``); default all.
         classes: only these classes; default all.
         by_date: vessel classes get one layer per acquisition date (kilns persist: one layer).
+        by_class: one layer per class (and date); ``False``: every site in one layer named ``all``.
         crs: the grid's CRS (any pyproj string in metres); default :func:`grid_crs`.
+        max_cells: most cells the grid may have.
+        con: read through this connection of the store (inside a transaction that writes it).
 
     Raises:
-        UsageError: a bad status, no site to count, or a grid of more than :data:`MAX_CELLS` cells.
+        UsageError: a bad status, no site to count, or a grid of more than ``max_cells`` cells.
     """
     import xarray as xr
     from pyproj import CRS, Transformer
 
     for s in statuses or ():
         check_status(s, "--status")
-    sites = store.sites(status=list(statuses) if statuses else None, cls=list(classes) if classes else None)
+    sites = store.sites(status=list(statuses) if statuses else None, cls=list(classes) if classes else None, con=con)
     if not sites:
         which = f" with status {', '.join(statuses)}" if statuses else ""
         raise UsageError(f"{store.path}: no sites{which} to count; review some, or leave out --status")
@@ -129,14 +135,14 @@ def density(
     x0, y0 = math.floor(float(np.min(x)) / cell_m) * cell_m, math.floor(float(np.min(y)) / cell_m) * cell_m
     nx = int(math.floor((float(np.max(x)) - x0) / cell_m)) + 1
     ny = int(math.floor((float(np.max(y)) - y0) / cell_m)) + 1
-    if nx * ny > MAX_CELLS:
-        raise UsageError(f"--cell {cell_m:g} m: the sites span {nx} x {ny} cells (more than {MAX_CELLS}); "
+    if nx * ny > max_cells:
+        raise UsageError(f"--cell {cell_m:g} m: the sites span {nx} x {ny} cells (more than {max_cells}); "
                          "use a larger --cell")
     col = np.clip(((x - x0) // cell_m).astype(int), 0, nx - 1)
     row = np.clip(ny - 1 - ((y - y0) // cell_m).astype(int), 0, ny - 1)  # row 0 is the north edge
     layers: dict[Layer, list[int]] = {}
     for i, s in enumerate(sites):
-        key = Layer(s.cls, s.date if by_date and per_date(s.cls) else None)
+        key = Layer(s.cls, s.date if by_date and per_date(s.cls) else None) if by_class else Layer("all")
         layers.setdefault(key, []).append(i)
     keys = sorted(layers, key=lambda k: (k.cls, k.date or ""))
     counts = np.zeros((len(keys), ny, nx), np.int32)
@@ -195,7 +201,8 @@ def getis_ord_star(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if values.size < 2 or np.all(values == values[0]):
         return np.zeros(grid.shape), np.ones(grid.shape)
     w = lat2W(ny, nx, rook=False)  # ids row by row, as ravel()
-    g = G_Local(values, w, transform="B", permutations=0, star=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a grid of a few cells can have no variance: z NaN, then 0
+        g = G_Local(values, w, transform="B", permutations=0, star=True)
     z = np.nan_to_num(np.asarray(g.Zs, dtype=float), nan=0.0).reshape(grid.shape)
     return z, 2 * norm.sf(np.abs(z))
 
@@ -280,6 +287,74 @@ def cell_features(ds: Any) -> list[dict[str, Any]]:
                                          "gi_z": round(float(z[r, c]), 4), "gi_p": round(float(p[r, c]), 5),
                                          "hotspot": {1: "hot", -1: "cold"}.get(int(hot[r, c]), "")}})
     return feats
+
+
+#: Most cells of the grid that :func:`density_geojson` computes for a web map (Gi* of a larger
+#: grid takes too long for a page to wait on).
+MAP_MAX_CELLS = 60_000
+
+
+def density_geojson(store: CandidateStore, cell_m: float, status: str | Sequence[str] | None = "all", *,
+                    max_cells: int = MAP_MAX_CELLS, con: Any = None) -> dict[str, Any]:
+    """The density of all the store's sites (every class in one grid) and its Gi* hotspots, for
+    the web maps: an RFC 7946 FeatureCollection of the cells (EPSG:4326 polygons) that hold a site
+    or are hot or cold spots.
+
+    Each feature's properties: ``count`` (int), ``gi_z`` and ``gi_p`` (float, or null where
+    not finite), ``hotspot`` (``"hot"``, ``"cold"`` or null). Top level: ``cell_m``,
+    ``grid_crs`` (the grid's CRS, such as ``EPSG:32645``), ``status``, ``sites`` (sites
+    counted) and ``max_count``. A store with no such site gives no features (and ``grid_crs``
+    null).
+
+    Args:
+        store: the run's candidate store.
+        cell_m: cell side in metres.
+        status: ``"all"`` (or None), one review status or several.
+        max_cells: most cells the grid may have.
+        con: read through this connection of the store.
+
+    Raises:
+        UsageError: a bad cell size or status, or a grid of more than ``max_cells`` cells.
+    """
+    if not (isinstance(cell_m, int | float) and math.isfinite(cell_m) and cell_m > 0):
+        raise UsageError(f"cell: {cell_m!r}: give a positive size in metres")
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    statuses = [s for s in statuses if s != "all"]
+    for s in statuses:
+        check_status(s, "status")
+    empty = {"type": "FeatureCollection", "features": [], "cell_m": cell_m, "grid_crs": None,
+             "status": ",".join(statuses) or "all", "sites": 0, "max_count": 0}
+    if not store.sites(status=statuses or None, limit=1, con=con):
+        return empty
+    ds = density(store, cell_m, statuses=statuses or None, by_date=False, by_class=False, max_cells=max_cells,
+                 con=con)
+    feats = []
+    for f in cell_features(ds):
+        p = f["properties"]
+        feats.append({"type": "Feature", "geometry": f["geometry"], "properties": {
+            "count": int(p["count"]),
+            "gi_z": p["gi_z"] if math.isfinite(p["gi_z"]) else None,
+            "gi_p": p["gi_p"] if math.isfinite(p["gi_p"]) else None,
+            "hotspot": p["hotspot"] or None,
+        }})
+    return {**empty, "features": feats, "grid_crs": ds.attrs["crs"], "sites": int(ds.attrs["sites"]),
+            "max_count": max((f["properties"]["count"] for f in feats), default=0)}
+
+
+def density_for_map(store: CandidateStore, cell: str = "1000", status: str = "all") -> dict[str, Any]:
+    """:func:`density_geojson` from the text of a web request: ``GET /api/density?cell=1000&status=all``.
+
+    ``cell``: metres (``1000``, ``1km``, ``500m``), 10 m to 1,000 km. ``status``: ``all``, or
+    statuses separated by commas (``confirmed,unsure``).
+
+    Raises:
+        UsageError: a bad cell or status, or a grid of more than :data:`MAP_MAX_CELLS` cells.
+    """
+    cell_m = parse_cell(cell)
+    if not 10 <= cell_m <= 1_000_000:
+        raise UsageError(f"cell {cell!r}: give 10 m to 1000 km")
+    statuses = [s.strip() for s in status.split(",") if s.strip()] or ["all"]
+    return density_geojson(store, cell_m, statuses)
 
 
 def _write_cells(ds: Any, path: Path, fmt: str) -> None:

@@ -1,10 +1,15 @@
 r"""The offline candidate map: one self-contained ``map.html`` for a run.
 
-Analysts open the map on machines without internet, so the page carries everything
-itself: quick-looks as base64 PNGs, detections as SVG rectangles, a few lines of inline
-CSS and JavaScript (from ``static/map.html`` and ``static/map.js``). It references no URL at all. Text is escaped for HTML, and the data
-block is JSON with ``<``, ``>`` and ``&`` written as ``\u`` escapes, so a scene called
-``</script>`` stays text.
+Analysts open the map on machines without internet, often from ``file://`` with no server, so
+the page carries everything itself: the vendored Leaflet (:mod:`sitewatch.imagery.webmap`)
+inline, its CSS with its images as ``data:`` URLs, the quick-looks as base64 PNGs placed by
+their scenes' corners, detections as boxes in lon/lat, the run's site density and Gi*
+hotspots as GeoJSON, and the page's own CSS and JavaScript (``static/map.html``,
+``static/map.js``). Inline rather than a ``leaflet/`` folder beside it: ``map.html`` stays one
+file that can be mailed or copied alone and still works, and its Content Security Policy
+(``default-src 'none'``; images only ``data:``) lets it fetch nothing at all. Text is escaped
+for HTML, and the data block is JSON with ``<``, ``>`` and ``&`` written as ``\u`` escapes,
+so a scene called ``</script>`` stays text; tooltips get text nodes, never HTML.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from sitewatch.imagery.candidates.store import STATUSES
 from sitewatch.imagery.errors import UsageError
 from sitewatch.imagery.scenes.quicklook import png_bytes
+from sitewatch.imagery.webmap import leaflet_css, leaflet_js, maplayers_css, maplayers_js
 from sitewatch.imagery.webpage import fill, json_for_script, static_text
 
 #: Colours of the known classes; others take the next colour of :data:`PALETTE`.
@@ -43,6 +50,9 @@ class MapLayer:
         lonlat: ``(n, 2)`` box centres as longitude, latitude.
         bounds_lonlat: Scene ``(west, south, east, north)``.
         png: ``image`` already encoded as PNG (it is encoded here when empty).
+        corners_lonlat: the scene's corners ``(lon, lat)``: top-left, top-right, bottom-right,
+            bottom-left (pixel grid order); default the corners of ``bounds_lonlat``.
+        scene_size: the scene's ``(width, height)`` in pixels; default the image's size times ``scale``.
     """
 
     scene: str
@@ -54,6 +64,8 @@ class MapLayer:
     lonlat: np.ndarray
     bounds_lonlat: tuple[float, float, float, float]
     png: bytes = b""
+    corners_lonlat: tuple[tuple[float, float], ...] | None = None
+    scene_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -82,15 +94,35 @@ class MapLayer:
         object.__setattr__(self, "lonlat", lonlat)
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "bounds_lonlat", tuple(float(v) for v in self.bounds_lonlat))
+        if self.corners_lonlat is not None:
+            corners = np.asarray(self.corners_lonlat, dtype=np.float64)
+            if corners.shape != (4, 2) or not np.isfinite(corners).all():
+                raise UsageError(f"map layer {self.scene!r}: corners_lonlat must be four finite (lon, lat) pairs")
+            object.__setattr__(self, "corners_lonlat", tuple((float(x), float(y)) for x, y in corners))
+        if self.scene_size is not None and not (len(self.scene_size) == 2 and min(self.scene_size) > 0):
+            raise UsageError(f"map layer {self.scene!r}: scene_size must be (width, height) in pixels")
+
+    @property
+    def corners(self) -> list[list[float]]:
+        """The corners as ``[lon, lat]`` lists (from ``bounds_lonlat`` when not given)."""
+        if self.corners_lonlat is not None:
+            return [[round(x, 7), round(y, 7)] for x, y in self.corners_lonlat]
+        w, s, e, n = self.bounds_lonlat
+        return [[w, n], [e, n], [e, s], [w, s]]
 
 
-def render_map_html(layers: Sequence[MapLayer], title: str, model: str) -> str:
+def render_map_html(layers: Sequence[MapLayer], title: str, model: str,
+                    density: dict[str, Any] | None = None, sites: Sequence[Any] = ()) -> str:
     """Render the self-contained candidate map.
 
     Args:
         layers: Scenes to show, in selector order.
         title: Page title.
         model: Model name or checkpoint shown in the header.
+        density: the run's density and hotspot cells
+            (:func:`~sitewatch.imagery.candidates.density.density_geojson`), or None.
+        sites: the run directory's sites (:class:`~sitewatch.imagery.candidates.store.Site`), shown
+            by review status.
 
     Returns:
         The HTML document; it references no external resource.
@@ -104,31 +136,33 @@ def render_map_html(layers: Sequence[MapLayer], title: str, model: str) -> str:
         "classes": classes,
         "colours": colours,
         "scenes": [_scene_payload(layer, cls_index) for layer in layers],
+        "density": density if density and density.get("features") else None,
+        "statuses": list(STATUSES),
+        "sites": [_site_payload(s) for s in sites if _finite(s.lon) is not None and _finite(s.lat) is not None],
     }
-    css_classes = "\n".join(f".c{i}{{stroke:{colour}}}" for i, colour in enumerate(colours))
     swatches = "\n".join(f".s{i}{{background:{colour}}}" for i, colour in enumerate(colours))
     options = "".join(
         f'<option value="{i}">{html.escape(layer.scene)} ({len(layer.classes)})</option>'
         for i, layer in enumerate(layers)
     )
-    first = Counter(layers[0].classes) if layers else Counter()
+    counts = Counter(c for layer in layers for c in layer.classes)
     legend = "".join(
         f'<li><span class="sw s{i}"></span>{html.escape(c)} '
-        f'<span class="n" data-c="{i}">{first[c]} / {first[c]}</span></li>'
+        f'<span class="n" data-c="{i}">{counts[c]} / {counts[c]}</span></li>'
         for i, c in enumerate(classes)
     )
-    scenes = "\n".join(_scene_svg(i, layer, cls_index) for i, layer in enumerate(layers))
-    if not layers:
-        scenes = '<p class="empty">No scenes to show.</p>'
     return fill(static_text(__package__, "map.html"), dict(
         title=html.escape(title),
         model=html.escape(model),
-        css_classes=css_classes,
+        leaflet_css=leaflet_css(),
+        mapcss=maplayers_css(),
         swatches=swatches,
         options=options,
         legend=legend,
-        scenes=scenes,
+        empty="" if layers else '<p class="empty">No scenes to show.</p>',
         data=json_for_script(payload),
+        leaflet_js=leaflet_js(),
+        maplayers=maplayers_js(),
         script=static_text(__package__, "map.js"),
     ))
 
@@ -168,34 +202,27 @@ def _scene_payload(layer: MapLayer, cls_index: dict[str, int]) -> dict[str, Any]
         ]
         for c, s, ll, box in zip(layer.classes, layer.scores, layer.lonlat, layer.boxes, strict=True)
     ]
+    sw, sh = layer.scene_size or (w * layer.scale, h * layer.scale)
     return {
         "name": layer.scene,
         "width": w,
         "height": h,
         "scale": layer.scale,
+        "scene_width": sw,
+        "scene_height": sh,
         "bounds": [_finite(v) for v in layer.bounds_lonlat],
+        "corners": layer.corners,
+        "quicklook": f"data:image/png;base64,{_png_base64(layer)}",
         "dets": dets,
     }
 
 
+def _site_payload(site: Any) -> list[Any]:
+    """``[id, class, status, lon, lat, max_score, bbox or None]`` of a site."""
+    bbox = None if site.footprint is None else [round(float(v), 7) for v in site.footprint.bounds]
+    return [site.site_id, site.cls, site.status, round(float(site.lon), 7), round(float(site.lat), 7),
+            _finite(round(float(site.max_score), 4)), bbox]
+
+
 def _png_base64(layer: MapLayer) -> str:
     return base64.b64encode(layer.png or png_bytes(layer.image)).decode("ascii")
-
-
-def _scene_svg(i: int, layer: MapLayer, cls_index: dict[str, int]) -> str:
-    """Draw the quick-look and one rectangle per detection, in quick-look pixel units."""
-    h, w = layer.image.shape[:2]
-    q = np.nan_to_num(layer.boxes / layer.scale)
-    rects = "".join(
-        f'<rect class="det c{cls_index[c]}" data-i="{k}" data-s="{s:.4f}" x="{x0:.2f}" y="{y0:.2f}" '
-        f'width="{max(x1 - x0, 0.0):.2f}" height="{max(y1 - y0, 0.0):.2f}">'
-        f"<title>{html.escape(c)} {s:.3f}</title></rect>"
-        for k, (c, s, (x0, y0, x1, y1)) in enumerate(zip(layer.classes, np.nan_to_num(layer.scores), q, strict=True))
-    )
-    hidden = "" if i == 0 else " hidden"
-    return (
-        f'<svg class="scene" id="scene-{i}" data-scene="{i}" viewBox="0 0 {w} {h}"{hidden} '
-        f'role="img" aria-label="{html.escape(layer.scene)}">'
-        f'<image href="data:image/png;base64,{_png_base64(layer)}" x="0" y="0" width="{w}" height="{h}"/>'
-        f"<g>{rects}</g></svg>"
-    )

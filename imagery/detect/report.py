@@ -220,10 +220,53 @@ def combined_record(runs: Sequence[RunInfo], counts: Mapping[str, int], stored: 
     }
 
 
+def scene_corners(runs: Sequence[RunInfo]) -> dict[str, tuple[tuple[float, float], ...]]:
+    """Scene name -> its four corners in lon/lat (top-left, top-right, bottom-right, bottom-left),
+    from the runs' records (later runs win); a scene whose CRS pyproj cannot use is left out."""
+    from affine import Affine
+
+    out: dict[str, tuple[tuple[float, float], ...]] = {}
+    for run in runs:
+        for i in run.record.get("inputs", []):
+            if not (i.get("name") and i.get("crs") and i.get("transform") and i.get("width") and i.get("height")):
+                continue
+            try:
+                x, y = pixel_to_map(Affine(*i["transform"][:6]), np.array([0.0, i["width"], i["width"], 0.0]),
+                                    np.array([0.0, 0.0, i["height"], i["height"]]))
+                lon, lat = to_lonlat(i["crs"], x, y)
+            except Exception:  # noqa: BLE001, S112 - placed by its bounds instead
+                continue
+            if np.isfinite(lon).all() and np.isfinite(lat).all():
+                out[i["name"]] = tuple((float(a), float(b)) for a, b in zip(lon, lat, strict=True))
+    return out
+
+
+#: Cell sizes (metres) tried in turn for the density layer of ``map.html``: the next when the sites
+#: span too many cells of one.
+MAP_DENSITY_CELLS = (1000.0, 5000.0, 25000.0, 100000.0)
+
+
+def map_density(store: CandidateStore, con: sqlite3.Connection | None = None) -> dict[str, Any] | None:
+    """The density and Gi* hotspots of every site of the store, for ``map.html`` (None: no site,
+    or too wide an area for the largest of :data:`MAP_DENSITY_CELLS`)."""
+    from sitewatch.imagery.candidates.density import density_geojson
+    from sitewatch.imagery.errors import UsageError
+
+    for cell in MAP_DENSITY_CELLS:
+        try:
+            fc = density_geojson(store, cell, "all", con=con)
+        except UsageError:
+            continue
+        return fc if fc["features"] else None
+    return None
+
+
 def store_map_layers(scenes: Sequence[SceneInfo], detections: Sequence[StoredDetection],
-                     images: Mapping[str, np.ndarray], pngs: Mapping[str, bytes] | None = None) -> list[MapLayer]:
+                     images: Mapping[str, np.ndarray], pngs: Mapping[str, bytes] | None = None,
+                     corners: Mapping[str, tuple[tuple[float, float], ...]] | None = None) -> list[MapLayer]:
     """Quick-look layers of ``map.html`` for every scene with a quick-look image in ``images``
-    (``pngs``: the same images already encoded, where known)."""
+    (``pngs``: the same images already encoded, where known; ``corners``: the scenes' corners,
+    see :func:`scene_corners`)."""
     by_scene: dict[str, list[StoredDetection]] = {}
     for d in detections:
         by_scene.setdefault(d.scene, []).append(d)
@@ -239,6 +282,7 @@ def store_map_layers(scenes: Sequence[SceneInfo], detections: Sequence[StoredDet
             classes=tuple(d.cls for d in ds), scores=np.array([d.score for d in ds]),
             lonlat=np.array([(d.lon, d.lat) for d in ds], dtype=float).reshape(-1, 2),
             bounds_lonlat=s.bounds_lonlat, png=(pngs or {}).get(s.name, b""),
+            corners_lonlat=(corners or {}).get(s.name), scene_size=(s.width, s.height) if s.width and s.height else None,
         ))
     return layers
 
@@ -297,6 +341,8 @@ def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, stag
         detections = store.detections(con=c)
         scenes = store.scenes(con=c)
         runs = store.runs(con=c)
+        density = map_density(store, c)
+        sites = store.sites(con=c)
     counts: dict[str, int] = {}
     for d in detections:
         counts[d.cls] = counts.get(d.cls, 0) + 1
@@ -307,8 +353,8 @@ def _stage_documents(store: CandidateStore, con: sqlite3.Connection | None, stag
             with Image.open(io.BytesIO(pngs[s.name])) as im:
                 images[s.name] = np.asarray(im.convert("RGB"))
     title = f"sitewatch candidates: {', '.join(s.name for s in scenes)}"
-    staging.write_text("map.html", render_map_html(store_map_layers(scenes, detections, images, pngs), title,
-                                                   summary.plan.model.spec.name))
+    staging.write_text("map.html", render_map_html(store_map_layers(scenes, detections, images, pngs, scene_corners(runs)),
+                                                   title, summary.plan.model.spec.name, density, sites))
     staging.write_json("run.json", combined_record(runs, counts, {s.name for s in scenes}))
     return ["detections.geojson", "map.html", "run.json"]
 

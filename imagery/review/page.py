@@ -1,8 +1,9 @@
 r"""The review page of ``sitewatch review``: one HTML document with inline CSS and JavaScript,
 filled from ``static/review.html``, ``review.css`` and ``review.js``.
 
-It references no external URL (no tiles, scripts or fonts): the map is SVG built from the
-server's ``/api/scenes`` quick-looks and ``/api/sites``. Every piece of data is inserted with
+It references no external URL (no tiles, scripts or fonts): the map is Leaflet, vendored in
+:mod:`sitewatch.imagery.webmap` and served by the review server itself at ``/static/leaflet/``,
+with the server's ``/api/scenes`` quick-looks, ``/api/sites`` and ``/api/density`` as layers. Every piece of data is inserted with
 ``textContent`` or ``setAttribute`` (never ``innerHTML``), and the server sends a Content
 Security Policy that lets only this page's nonce'd ``<script>`` and ``<style>`` run, so a
 note holding ``<script>`` or ``<img onerror>`` is shown as text and never executed.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sitewatch.imagery.webmap import maplayers_css, maplayers_js
 from sitewatch.imagery.webpage import fill, json_for_script, static_text
 
 
@@ -24,6 +26,8 @@ def render_page(nonce: str, config: dict[str, Any]) -> str:
     return fill(static_text(__package__, "review.html"), {
         "nonce": nonce,
         "css": static_text(__package__, "review.css"),
+        "mapcss": maplayers_css(),
+        "maplayers": maplayers_js(),
         "script": static_text(__package__, "review.js"),
         "config": json_for_script(config),
     })

@@ -15,7 +15,8 @@ POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note
 GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
 GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
 GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
-GET      ``/api/density``                   sites per grid cell and Gi* hotspots (GeoJSON, lon/lat)
+GET      ``/api/density``                   density and Gi* hotspot cells (GeoJSON), ``?cell=1000&status=all``
+GET      ``/static/leaflet/...``            the vendored Leaflet (no login; only its listed files)
 GET      ``/api/session``                   who the request is logged in as
 POST     ``/api/session``                   log in ``{"token"}``: sets the session cookie
 GET      ``/api/openapi.json``              the API's OpenAPI description (no login needed)
@@ -91,12 +92,14 @@ from affine import Affine
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon, box
 
+from sitewatch.imagery.candidates.density import density_for_map
 from sitewatch.imagery.candidates.store import STATUSES, CandidateStore, Site, StoredDetection, check_reviewer
 from sitewatch.imagery.errors import InputError, NotFoundError, OutputError, SitewatchError, UsageError
 from sitewatch.imagery.review.page import render_page
 from sitewatch.imagery.scenes.georef import from_lonlat, ground_distance_m, map_to_pixel, pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.quicklook import rgb_bands
 from sitewatch.imagery.scenes.scene import BandSource, Scene, SceneReader
+from sitewatch.imagery.webmap import vendored
 
 #: Address ``sitewatch review`` binds unless ``--host`` says otherwise.
 DEFAULT_HOST = "127.0.0.1"
@@ -202,9 +205,9 @@ ROUTES: tuple[Route, ...] = (
     Route("quicklook", ("api", "scenes", "{name}", "quicklook.png"), params=frozenset({"v"})),
     Route("density", ("api", "density"), params=frozenset({"cell", "status"})),
     Route("openapi", ("api", "openapi.json")),
+    Route("leaflet", ("static", "leaflet", "{file}")),
+    Route("leaflet_image", ("static", "leaflet", "images", "{image}")),
 )
-#: ``GET /api/density``: the cell sizes it accepts, in metres.
-DENSITY_CELL_M = (10.0, 1_000_000.0)
 
 
 # --- the application: plain functions of the store, no HTTP ---------------------------------
@@ -579,57 +582,17 @@ class ReviewApp:
                 self._chips.popitem(last=False)
         return png
 
-    def density(self, cell_m: float = 1000.0, status: str = "all") -> dict[str, Any]:
-        """``GET /api/density``: sites per grid cell and their Gi* hotspots, as a GeoJSON FeatureCollection.
+    def density(self, cell: str = "1000", status: str = "all") -> dict[str, Any]:
+        """``GET /api/density``: sites per grid cell and their Gi* hotspots, as a lon/lat GeoJSON FeatureCollection.
 
-        The grid of :func:`sitewatch.imagery.candidates.density.density` (square cells of
-        ``cell_m`` metres in the UTM zone of the sites, or EPSG:6933), with every class counted
-        together (each site once) and Getis-Ord Gi* computed on those totals. One Polygon
-        feature (lon/lat, EPSG:4326, by :func:`~sitewatch.imagery.candidates.density.cell_features`)
-        per cell that holds a site or is a hot or cold spot, with properties ``count`` (int),
-        ``gi_z`` and ``gi_p`` (float, or null), ``hotspot`` (``"hot"``, ``"cold"`` or null) and
-        ``classes`` (class -> sites); top-level ``cell_m`` and ``grid_crs`` (the grid's CRS;
-        null for no sites). ``status``: ``all`` sites or only ``confirmed`` ones. No site: no features.
+        :func:`~sitewatch.imagery.candidates.density.density_for_map` (one grid of every
+        site, all classes together; ``cell`` in metres or ``1km``; ``status`` ``all`` or
+        statuses joined by commas). No site: no features.
 
         Raises:
-            HTTPError: 400 for a bad ``cell_m`` or ``status``, or a grid of too many cells.
+            UsageError: a bad ``cell`` or ``status``, or a grid of too many cells (400).
         """
-        from sitewatch.imagery.candidates.density import MAX_CELLS, Z_95, cell_features, density, getis_ord_star
-
-        lo, hi = DENSITY_CELL_M
-        if not (math.isfinite(cell_m) and lo <= cell_m <= hi):
-            raise HTTPError(400, f"cell {cell_m:g}: give a cell size in metres from {lo:g} to {hi:g}")
-        if status not in ("all", "confirmed"):
-            raise HTTPError(400, f"status {status[:40]!r}: use all or confirmed")
-        statuses = ["confirmed"] if status == "confirmed" else None
-        empty: dict[str, Any] = {"type": "FeatureCollection", "cell_m": cell_m, "grid_crs": None, "features": []}
-        if not self.store.sites(status=statuses):
-            return empty
-        try:
-            ds = density(self.store, cell_m, statuses=statuses, by_date=False)
-        except UsageError:
-            raise HTTPError(400, f"cell {cell_m:g}: the sites span more than {MAX_CELLS} cells; "
-                                 "give a larger cell") from None
-        per_class = ds["count"].values  # (class, y, x)
-        total = per_class.sum(axis=0).astype(np.int32)
-        z, p = getis_ord_star(total)
-        hot = np.where(z >= Z_95, 1, np.where(z <= -Z_95, -1, 0)).astype(np.int8)
-        dims = ("layer", "y", "x")
-        merged = ds.isel(layer=[0]).assign(count=(dims, total[None]), gi_z=(dims, z[None].astype(np.float32)),
-                                           gi_p=(dims, p[None].astype(np.float32)), hotspot=(dims, hot[None]))
-        merged = merged.assign_coords(layer=["all"], cls=("layer", ["all"]), date=("layer", [""]))
-        classes = [str(c) for c in ds.cls.values]
-        cells = zip(*np.nonzero((total > 0) | (hot != 0)), strict=True)  # cell_features' order
-        features = []
-        for f, (r, c) in zip(cell_features(merged), cells, strict=True):
-            props = f["properties"]
-            f["properties"] = {
-                "count": int(props["count"]), "gi_z": _num(props["gi_z"], 4), "gi_p": _num(props["gi_p"], 5),
-                "hotspot": props["hotspot"] or None,
-                "classes": {cls: int(per_class[k, r, c]) for k, cls in enumerate(classes) if per_class[k, r, c]},
-            }
-            features.append(f)
-        return {**empty, "grid_crs": str(ds.attrs["crs"]), "features": features}
+        return density_for_map(self.store, cell, status)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -1255,6 +1218,11 @@ class ReviewASGI:
         _no_params(query, route.params)
         if route.name == "page":
             return self._page()
+        if route.name in ("leaflet", "leaflet_image"):  # a vendored file by its listed name, never a path: no login
+            found = vendored(args[0] if route.name == "leaflet" else f"images/{args[0]}")
+            if found is None:
+                raise HTTPError(404, "no such file of Leaflet")
+            return _Reply(200, found[1], found[0], {"Cache-Control": "public, max-age=86400"})
         if route.name == "openapi":  # the API's description: no data, no login
             return _json_reply(200, openapi_schema())
         if route.name == "session" and method == "POST":
@@ -1283,9 +1251,8 @@ class ReviewASGI:
             png = await self._thread(app.quicklook, args[0])
             return _Reply(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
         if route.name == "density":
-            cell = _float_param(query, "cell")
-            status = _one(query, "status", "all")
-            return _json_reply(200, await self._thread(app.density, 1000.0 if cell is None else cell, status))
+            return _json_reply(200, await self._thread(app.density, _one(query, "cell", "1000"),
+                                                       _one(query, "status", "all")))
         raise NotImplementedError(f"route {route.name!r} has no handler")  # a route added to ROUTES only: a bug (500)
 
     def _check_host(self, req: _Request) -> None:
@@ -1758,11 +1725,12 @@ def _operations() -> dict[str, dict[str, Any]]:
                               "responses": {"200": _png_ok("the quick-look")}}},
         "density": {"get": {"summary": "Sites per grid cell and Getis-Ord Gi* hotspots, as GeoJSON in lon/lat",
                             "parameters": [
-                                {"name": "cell", "in": "query", "description": "cell side in metres",
-                                 "schema": {"type": "number", "default": 1000, "minimum": DENSITY_CELL_M[0],
-                                            "maximum": DENSITY_CELL_M[1]}},
-                                {"name": "status", "in": "query", "description": "all sites, or only confirmed ones",
-                                 "schema": {"type": "string", "enum": ["all", "confirmed"], "default": "all"}}],
+                                {"name": "cell", "in": "query",
+                                 "description": "cell side: metres (1000) or with a unit (500m, 1km); 10 m to 1000 km",
+                                 "schema": {"type": "string", "default": "1000"}},
+                                {"name": "status", "in": "query",
+                                 "description": "all sites, or review statuses joined by commas (confirmed,unsure)",
+                                 "schema": {"type": "string", "default": "all"}}],
                             "responses": {"200": {"description": "one feature per cell with a site or a hot/cold spot",
                                                   "content": {"application/geo+json": {"schema": density_schema},
                                                               "application/json": {"schema": density_schema}}}}}},
@@ -1778,6 +1746,14 @@ def _operations() -> dict[str, dict[str, Any]]:
                          "reviewer": {"type": "string"}}})}}},
         "openapi": {"get": {"summary": "This description", "security": [],
                             "responses": {"200": _json_ok("OpenAPI 3.1")}}},
+        "leaflet": {"get": {"summary": "A file of the vendored Leaflet 1.9.4 (only its listed files)", "security": [],
+                            "parameters": [{"name": "file", "in": "path", "required": True,
+                                            "schema": {"type": "string"}}],
+                            "responses": {"200": {"description": "the file"}}}},
+        "leaflet_image": {"get": {"summary": "An image of the vendored Leaflet", "security": [],
+                                  "parameters": [{"name": "image", "in": "path", "required": True,
+                                                  "schema": {"type": "string"}}],
+                                  "responses": {"200": {"description": "the image", "content": {"image/png": {}}}}}},
     }
 
 

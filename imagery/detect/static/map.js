@@ -1,39 +1,121 @@
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("sw-data").textContent);
+  var M = window.sitewatchMaps;
   var sel = document.getElementById("scene");
   var slider = document.getElementById("minscore");
   var shown = document.getElementById("minscore-v");
   var info = document.getElementById("info");
-  var views = [];
-  var cur = 0;
-  data.scenes.forEach(function (s, i) {
-    views.push({x: 0, y: 0, w: s.width, h: s.height});
+  var el = M.el;
+
+  // --- the map: Web Mercator, no tiles; the quick-looks are the base ---------------------
+  var map = M.map("map", {zoomControl: false, keyboard: false});
+  [["sw-scenes", 250], ["sw-density", 350], ["sw-hotspots", 360]].forEach(function (p) {
+    map.createPane(p[0]).style.zIndex = String(p[1]);
   });
-  function svg() { return document.getElementById("scene-" + cur); }
-  function apply() {
-    var v = views[cur], el = svg();
-    if (el) { el.setAttribute("viewBox", [v.x, v.y, v.w, v.h].join(" ")); }
+  var scenes = L.layerGroup().addTo(map), detections = L.layerGroup().addTo(map);
+  var control = L.control.layers(null, null, {collapsed: false, position: "topright"});
+  var legend = new M.Legend();
+  control.addOverlay(scenes, "Scenes (quick-looks)");
+  control.addOverlay(detections, "Detections");
+  window.sitewatchMap = map;  // for tests and the console
+
+  function fmt(v, k) { return v === null ? "n/a" : v.toFixed(k); }
+  // scene pixel (x, y) to [lat, lng] through the scene's corners (top-left, top-right, bottom-right, bottom-left)
+  function toLatLng(s, x, y) {
+    var u = x / s.scene_width, v = y / s.scene_height, c = s.corners;
+    var w = [(1 - u) * (1 - v), u * (1 - v), u * v, (1 - u) * v];
+    var lon = 0, lat = 0;
+    for (var k = 0; k < 4; k += 1) { lon += w[k] * c[k][0]; lat += w[k] * c[k][1]; }
+    return [lat, lon];
   }
+  var marks = [], selected = null;
+  data.scenes.forEach(function (s, i) {
+    if (s.quicklook) { scenes.addLayer(new M.CornerOverlay(s.quicklook, s.corners, {pane: "sw-scenes", className: "sw-quicklook"})); }
+    var outline = L.polygon(s.corners.map(function (p) { return [p[1], p[0]]; }),
+                            {color: "#8a929e", weight: 1, fill: false, className: "sw-scene"});
+    outline.bindTooltip(el("span", null, s.name), {sticky: true});
+    scenes.addLayer(outline);
+    s.dets.forEach(function (d) {
+      if (d[4] === null || d[5] === null || d[6] === null || d[7] === null) { return; }
+      var ring = [toLatLng(s, d[4], d[5]), toLatLng(s, d[6], d[5]), toLatLng(s, d[6], d[7]), toLatLng(s, d[4], d[7])];
+      var poly = L.polygon(ring, {color: data.colours[d[0]], weight: 2, fillOpacity: 0, className: "sw-det c" + d[0]});
+      poly.bindTooltip(el("span", null, data.classes[d[0]] + " " + fmt(d[1], 3)));
+      poly.on("click", function () {
+        if (selected) { selected.getElement().classList.remove("sel"); }
+        selected = poly;
+        poly.getElement().classList.add("sel");
+        show(s, d);
+      });
+      marks.push({poly: poly, d: d, scene: i});
+      detections.addLayer(poly);
+    });
+  });
+  // the sites by review status: those with a decision shown at first, the unreviewed ones on request
+  var sites = {};
+  data.statuses.forEach(function (st) {
+    sites[st] = L.layerGroup();
+    if (st !== "unreviewed") { sites[st].addTo(map); }
+    control.addOverlay(sites[st], "Sites: " + st);  // names from sitewatch's list of statuses
+  });
+  data.sites.forEach(function (x) {  // [id, class, status, lon, lat, max_score, bbox]
+    var group = sites[x[2]], colour = M.STATUS_COLOURS[x[2]] || "#fff";
+    if (!group) { return; }
+    if (x[6]) {
+      group.addLayer(L.rectangle([[x[6][1], x[6][0]], [x[6][3], x[6][2]]],
+                                 {color: colour, weight: 1.5, fill: false, interactive: false, className: "sw-site-box"}));
+    }
+    var dot = L.circleMarker([x[4], x[3]], {radius: 5, color: "#000", weight: 1.5, fillColor: colour, fillOpacity: 1,
+                                            className: "sw-site sw-" + x[2]});
+    dot.bindTooltip(el("span", null, x[0] + " \u00b7 " + x[1] + " \u00b7 " + fmt(x[5], 2) + " \u00b7 " + x[2]));
+    dot.on("click", function () {
+      rows([["Site", x[0]], ["Class", x[1]], ["Status", x[2]], ["Max score", fmt(x[5], 3)], ["Lon", fmt(x[3], 6)],
+            ["Lat", fmt(x[4], 6)]]);
+    });
+    group.addLayer(dot);
+  });
+  var density = null;
+  if (data.density) {
+    density = M.densityLayers(data.density, {density: "sw-density", hotspots: "sw-hotspots"});
+    control.addOverlay(density.density, "Density (sites per cell)");
+    control.addOverlay(density.hotspots, "Hotspots (Gi*)");
+  }
+  control.addTo(map);
+  legend.addTo(map);
+  function updateLegend() {
+    var on = density && (map.hasLayer(density.density) || map.hasLayer(density.hotspots));
+    var shown = data.statuses.filter(function (st) { return map.hasLayer(sites[st]) && sites[st].getLayers().length; });
+    legend.update({classes: data.classes.map(function (c, k) { return [c, data.colours[k]]; }),
+                   statuses: shown.length ? shown : null, density: on ? density : null,
+                   note: density ? null : "no density layer: no sites"});
+  }
+  map.on("overlayadd overlayremove", updateLegend);
+  updateLegend();
+
+  // --- what is shown: the score filter, the legend's counts, the selected detection -------
   function filter() {
-    var t = parseFloat(slider.value), s = data.scenes[cur], el = svg();
+    var t = parseFloat(slider.value);
     shown.textContent = t.toFixed(2);
-    if (!el) { return; }
-    var total = data.classes.map(function () { return 0; });
-    var vis = total.slice();
-    el.querySelectorAll("rect.det").forEach(function (r) {
-      var d = s.dets[+r.getAttribute("data-i")];
-      var ok = (d[1] === null ? 0 : d[1]) >= t;
-      r.style.display = ok ? "" : "none";
-      total[d[0]] += 1;
-      if (ok) { vis[d[0]] += 1; }
+    var total = data.classes.map(function () { return 0; }), vis = total.slice();
+    marks.forEach(function (m) {
+      var ok = (m.d[1] === null ? 0 : m.d[1]) >= t;
+      if (ok && !detections.hasLayer(m.poly)) { detections.addLayer(m.poly); }
+      if (!ok && detections.hasLayer(m.poly)) { detections.removeLayer(m.poly); }
+      total[m.d[0]] += 1;
+      if (ok) { vis[m.d[0]] += 1; }
     });
     document.querySelectorAll("#legend .n").forEach(function (n) {
       var c = +n.getAttribute("data-c");
       n.textContent = vis[c] + " / " + total[c];
     });
   }
-  function fmt(v, k) { return v === null ? "n/a" : v.toFixed(k); }
+  function rows(list) {
+    info.textContent = "";
+    list.forEach(function (row) {
+      info.appendChild(el("dt", null, row[0]));
+      info.appendChild(el("dd", null, row[1]));
+    });
+  }
   function show(s, d) {
     rows([
       ["Scene", s.name], ["Class", data.classes[d[0]]], ["Score", fmt(d[1], 3)],
@@ -41,88 +123,40 @@
       ["Box (px)", d.slice(4).map(function (v) { return fmt(v, 1); }).join(", ")]
     ]);
   }
-  function rows(list) {
-    info.textContent = "";
-    list.forEach(function (row) {
-      var dt = document.createElement("dt"), dd = document.createElement("dd");
-      dt.textContent = row[0];
-      dd.textContent = row[1];
-      info.appendChild(dt);
-      info.appendChild(dd);
-    });
+  function sceneBounds(s) { return L.latLngBounds(s.corners.map(function (p) { return [p[1], p[0]]; })); }
+  function dataBounds() {  // the scenes and the detections: what "fit" frames
+    var b = L.latLngBounds([]);
+    data.scenes.forEach(function (s) { b.extend(sceneBounds(s)); });
+    marks.forEach(function (m) { if (m.d[2] !== null && m.d[3] !== null) { b.extend([m.d[3], m.d[2]]); } });
+    data.sites.forEach(function (x) { b.extend([x[4], x[3]]); });
+    return b;
   }
-  function sceneInfo() {
-    var s = data.scenes[cur];
-    if (!s) { return; }
-    var b = s.bounds.map(function (v) { return fmt(v, 5); });
-    rows([
-      ["Scene", s.name], ["Detections", String(s.dets.length)],
-      ["W, S", b[0] + ", " + b[1]], ["E, N", b[2] + ", " + b[3]], ["", "Click a box for details."]
-    ]);
+  function fit() {
+    var i = sel.value === "" ? -1 : +sel.value, s = data.scenes[i];
+    var b = s ? sceneBounds(s) : dataBounds();
+    if (b.isValid()) { map.fitBounds(b, {padding: [12, 12], maxZoom: 18, animate: false}); }
+    else { map.setView([20, 0], 2); }
+    if (s) {
+      var b2 = s.bounds.map(function (v) { return fmt(v, 5); });
+      rows([["Scene", s.name], ["Detections", String(s.dets.length)], ["W, S", b2[0] + ", " + b2[1]],
+            ["E, N", b2[2] + ", " + b2[3]], ["", "Click a box for details."]]);
+    }
   }
-  function select(i) {
-    document.querySelectorAll("svg.scene").forEach(function (el) {
-      el.toggleAttribute("hidden", +el.getAttribute("data-scene") !== i);
-    });
-    cur = i;
-    apply();
-    filter();
-    sceneInfo();
-  }
-  function zoom(f, cx, cy) {
-    var v = views[cur], s = data.scenes[cur];
-    if (!s) { return; }
-    if (cx === undefined) { cx = v.x + v.w / 2; cy = v.y + v.h / 2; }
-    var w = Math.min(Math.max(v.w * f, s.width / 64), s.width * 4);
-    var r = w / v.w;
-    v.x = cx - (cx - v.x) * r; v.y = cy - (cy - v.y) * r; v.w = w; v.h = v.h * r;
-    apply();
-  }
-  function toSvg(el, e) {
-    var p = el.createSVGPoint();
-    p.x = e.clientX; p.y = e.clientY;
-    return p.matrixTransform(el.getScreenCTM().inverse());
-  }
-  var drag = null;
-  document.querySelectorAll("svg.scene").forEach(function (el) {
-    el.addEventListener("wheel", function (e) {
-      e.preventDefault();
-      var p = toSvg(el, e);
-      zoom(e.deltaY < 0 ? 0.8 : 1.25, p.x, p.y);
-    }, {passive: false});
-    el.addEventListener("pointerdown", function (e) {
-      drag = {x: e.clientX, y: e.clientY, moved: false, k: 1 / el.getScreenCTM().a};
-    });
-    el.addEventListener("pointermove", function (e) {
-      if (!drag || !(e.buttons & 1)) { return; }
-      var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 4) { return; }
-      if (!drag.moved) { el.setPointerCapture(e.pointerId); el.classList.add("panning"); }
-      drag.moved = true;
-      var v = views[cur];
-      v.x -= dx * drag.k; v.y -= dy * drag.k;
-      drag.x = e.clientX; drag.y = e.clientY;
-      apply();
-    });
-    el.addEventListener("pointerup", function () { el.classList.remove("panning"); });
-    el.addEventListener("click", function (e) {
-      var moved = drag && drag.moved;
-      drag = null;
-      if (moved) { return; }
-      var r = e.target.closest("rect.det");
-      if (!r) { return; }
-      document.querySelectorAll("rect.det.sel").forEach(function (o) { o.classList.remove("sel"); });
-      r.classList.add("sel");
-      show(data.scenes[cur], data.scenes[cur].dets[+r.getAttribute("data-i")]);
-    });
-  });
-  sel.addEventListener("change", function () { select(+sel.value); });
+  window.sitewatchCandidates = {dataBounds: dataBounds, fit: fit};
+  sel.addEventListener("change", fit);
   slider.addEventListener("input", filter);
-  document.getElementById("zin").addEventListener("click", function () { zoom(0.5); });
-  document.getElementById("zout").addEventListener("click", function () { zoom(2); });
-  document.getElementById("zreset").addEventListener("click", function () {
-    var s = data.scenes[cur];
-    if (s) { views[cur] = {x: 0, y: 0, w: s.width, h: s.height}; apply(); }
+  function zoomBy(d) { map.setZoom(map.getZoom() + d, {animate: false}); }  // a key during an animation is kept
+  document.getElementById("zin").addEventListener("click", function () { zoomBy(1); });
+  document.getElementById("zout").addEventListener("click", function () { zoomBy(-1); });
+  document.getElementById("zreset").addEventListener("click", function () { sel.value = ""; fit(); });
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (t && (t.tagName === "SELECT" || (t.tagName === "INPUT" && t.type !== "range")) || e.ctrlKey || e.metaKey || e.altKey) { return; }
+    if (e.key === "+" || e.key === "=") { zoomBy(1); }
+    else if (e.key === "-") { zoomBy(-1); }
+    else if (e.key === "f") { sel.value = ""; fit(); }
   });
-  select(0);
+  fit();
+  filter();
+  document.body.dataset.ready = "1";
 })();

@@ -3,26 +3,18 @@
   var cfg = JSON.parse(document.getElementById("sw-config").textContent);
   var STATUSES = cfg.statuses;
   var DEFAULT_ORDER = {score: "desc", uncertainty: "desc", "class": "asc", status: "asc", id: "asc"};
-  var SVGNS = "http://www.w3.org/2000/svg";
   var ROW_PX = 24, HEAD_PX = 28;  // as in the CSS of #list
-  var K = 111320;  // metres per degree of latitude: map units are about metres
   var PAGE = 500;  // sites fetched at a time; more as the reviewer scrolls or steps near the end
   var state = {
     sites: [], byId: new Map(), sel: -1, total: 0, listReviewed: 0, more: null, sort: "score", order: "desc", summary: null, scenes: [],
     pending: 0, failed: 0, detail: null, chipScene: null, token: 0, listToken: 0, queue: Promise.resolve()
   };
-  var map = {view: {x: 0, y: 0, w: 1000, h: 1000}, lon0: 0, lat0: 0, cos: 1, drag: null, u: 1};
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) { e.className = cls; }
     if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
-  function svgEl(tag, attrs) {
-    var e = document.createElementNS(SVGNS, tag);
-    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
     return e;
   }
   function fmt(v, k) { return (v === null || v === undefined) ? "\u2013" : Number(v).toFixed(k); }
@@ -180,8 +172,7 @@
     td.textContent = "";
     td.appendChild(el("span", "dot st-" + s.status));
     td.appendChild(document.createTextNode(s.status));
-    var c = $("map-sites").querySelector('circle[data-i="' + i + '"]');
-    if (c) { c.setAttribute("class", "site " + s.status + (i === state.sel ? " sel" : "")); c.setAttribute("r", radius(c)); }
+    styleSite(i);
   }
   document.querySelectorAll("#list th").forEach(function (th) {
     th.addEventListener("click", function () {
@@ -290,7 +281,7 @@
     }).catch(function (err) { if (token === state.token) { message("Could not load " + s.id + ": " + err.message, true); } });
   }
   function renderDetail(d) {
-    drawFootprint(d.footprint);
+    drawFootprint(d);
     var log = $("log");
     log.textContent = "";
     if (!d.reviews.length) { log.appendChild(el("li", "when", "Not reviewed yet.")); }
@@ -373,7 +364,10 @@
         updateRow(j);
         if (j === state.sel) { showSite(s); loadDetail(s); }
       }
-      if (state.pending === 0) { loadSummary(); }  // refresh the run's counts once the queue is empty
+      if (state.pending === 0) {  // refresh the run's counts once the queue is empty (and a density by status)
+        loadSummary();
+        if ($("d-status").value !== "all" && state.density) { loadDensity(DENSITY_CELLS); }
+      }
     }).catch(function (err) {
       Object.assign(s, before);
       state.listReviewed -= counted;
@@ -423,8 +417,8 @@
       case "u": case "U": decide("unsure"); break;
       case "ArrowDown": case "ArrowRight": case "j": move(1); break;
       case "ArrowUp": case "ArrowLeft": case "k": move(-1); break;
-      case "+": case "=": zoom(0.5); break;
-      case "-": zoom(2); break;
+      case "+": case "=": zoomBy(1); break;
+      case "-": zoomBy(-1); break;
       case "f": fit(); break;
       case "?": $("help").hidden = !$("help").hidden; break;
       case "Escape": $("help").hidden = true; break;
@@ -435,133 +429,160 @@
   $("help-btn").addEventListener("click", function (e) { $("help").hidden = false; e.target.blur(); });
   $("help").addEventListener("click", function () { $("help").hidden = true; });
 
-  // --- map -----------------------------------------------------------------------------
-  var svg = $("map");
-  function project(lon, lat) { return [(lon - map.lon0) * map.cos * K, -(lat - map.lat0) * K]; }
-  function unitsPerPixel() {  // the map's size is measured on resize only: measuring forces a layout
-    if (!map.size) { var r = svg.getBoundingClientRect(); map.size = {w: r.width, h: r.height}; }
-    if (!map.size.w || !map.size.h) { return 1; }
-    return Math.max(map.view.w / map.size.w, map.view.h / map.size.h);
+  // --- map: Leaflet (vendored, served by this server), Web Mercator without tiles ------
+  var M = window.sitewatchMaps;
+  var lmap = M.map("map", {zoomControl: false, keyboard: false});
+  [["sw-scenes", 250], ["sw-density", 350], ["sw-hotspots", 360]].forEach(function (p) {
+    lmap.createPane(p[0]).style.zIndex = String(p[1]);  // quick-looks under density under sites
+  });
+  var layers = {scenes: L.layerGroup(), detections: L.layerGroup(), selection: L.layerGroup(), status: {},
+                density: null, hotspots: null};
+  var marks = [];  // per site of the list: its dot, its box and the status group it is in
+  var control = L.control.layers(null, null, {collapsed: false, position: "topright"});
+  var legend = new M.Legend();
+  layers.scenes.addTo(lmap);
+  control.addOverlay(layers.scenes, "Scenes (quick-looks)");
+  STATUSES.forEach(function (st) {
+    layers.status[st] = L.layerGroup().addTo(lmap);
+    control.addOverlay(layers.status[st], '<span class="dot st-' + st + '"></span>Sites: ' + st);  // names from the server's list
+  });
+  layers.detections.addTo(lmap);
+  control.addOverlay(layers.detections, "Detections of the selected site");
+  layers.selection.addTo(lmap);
+  control.addTo(lmap);
+  legend.addTo(lmap);
+  window.sitewatchMap = lmap;  // for tests and the console: the Leaflet map
+  window.sitewatchReview = {layers: layers, dataBounds: dataBounds, siteBounds: function (i) { return siteBounds(state.sites[i]); }};
+
+  function hasPlace(s) { return s.lon !== null && s.lat !== null && s.lon !== undefined && s.lat !== undefined; }
+  function siteText(s) {
+    return s.id + " \u00b7 " + s["class"] + " \u00b7 " + fmt(s.max_score, 2) + " \u00b7 " + s.status;
   }
-  function radius(c) { return String((c.classList.contains("sel") ? 8 : 5) * map.u); }
-  function applyView(force) {
-    var v = map.view;
-    svg.setAttribute("viewBox", [v.x, v.y, v.w, v.h].join(" "));
-    var u = unitsPerPixel();
-    if (u === map.u && !force) { return; }  // same zoom: the markers keep their size
-    map.u = u;
-    $("map-sites").querySelectorAll("circle").forEach(function (c) { c.setAttribute("r", radius(c)); });
-  }
-  function setOrigin() {
-    var lons = [], lats = [];
-    state.scenes.forEach(function (s) { lons.push(s.bounds[0], s.bounds[2]); lats.push(s.bounds[1], s.bounds[3]); });
-    if (!lons.length) { state.sites.forEach(function (s) { lons.push(s.lon); lats.push(s.lat); }); }
-    if (!lons.length) { return; }
-    map.lon0 = (Math.min.apply(null, lons) + Math.max.apply(null, lons)) / 2;
-    map.lat0 = (Math.min.apply(null, lats) + Math.max.apply(null, lats)) / 2;
-    map.cos = Math.cos(map.lat0 * Math.PI / 180);
+  function siteStyle(s, sel) {
+    return {radius: sel ? 8 : 5, color: sel ? "#fff" : "#000", weight: sel ? 3 : 1.5, opacity: 1,
+            fillColor: M.STATUS_COLOURS[s.status] || "#fff", fillOpacity: 1, className: "sw-site"};
   }
   function renderScenes() {
-    var g = $("map-scenes");
-    g.textContent = "";
+    layers.scenes.clearLayers();
     state.scenes.forEach(function (s) {
-      var c = s.corners.map(function (p) { return project(p[0], p[1]); });  // TL, TR, BR, BL
       if (s.quicklook) {
-        var m = [c[1][0] - c[0][0], c[1][1] - c[0][1], c[3][0] - c[0][0], c[3][1] - c[0][1], c[0][0], c[0][1]];
-        var img = svgEl("image", {href: s.quicklook, x: 0, y: 0, width: 1, height: 1, preserveAspectRatio: "none",
-                                  transform: "matrix(" + m.join(" ") + ")"});
-        g.appendChild(img);
+        layers.scenes.addLayer(new M.CornerOverlay(s.quicklook, s.corners, {pane: "sw-scenes", className: "sw-quicklook"}));
       }
-      var poly = svgEl("polygon", {"class": "outline", points: c.map(function (p) { return p.join(","); }).join(" ")});
-      var title = svgEl("title");
-      title.textContent = s.name + (s.acquired ? " (" + s.acquired + ")" : "");
-      poly.appendChild(title);
-      g.appendChild(poly);
+      var poly = L.polygon(s.corners.map(function (p) { return [p[1], p[0]]; }),
+                           {color: "#58606b", weight: 1, fill: false, className: "sw-scene"});
+      poly.bindTooltip(el("span", null, s.name + (s.acquired ? " (" + s.acquired + ")" : "")), {sticky: true});
+      layers.scenes.addLayer(poly);
     });
   }
   function renderSites() {
-    var g = $("map-sites");
-    g.textContent = "";
-    state.sites.forEach(function (s, i) {
-      var p = project(s.lon, s.lat);
-      var c = svgEl("circle", {cx: p[0], cy: p[1], r: 1, "class": "site " + s.status, "data-i": i});
-      var t = svgEl("title");
-      t.textContent = s.id + " \u00b7 " + s["class"] + " \u00b7 " + fmt(s.max_score, 2) + " \u00b7 " + s.status;
-      c.appendChild(t);
-      g.appendChild(c);
+    STATUSES.forEach(function (st) { layers.status[st].clearLayers(); });
+    marks = state.sites.map(function (s, i) {
+      if (!hasPlace(s)) { return null; }
+      var m = {status: s.status, tip: el("span", null, siteText(s)), box: null,
+               dot: L.circleMarker([s.lat, s.lon], Object.assign({bubblingMouseEvents: false}, siteStyle(s, i === state.sel)))};
+      if (s.bbox) {
+        m.box = L.rectangle([[s.bbox[1], s.bbox[0]], [s.bbox[3], s.bbox[2]]],
+                            {color: M.STATUS_COLOURS[s.status] || "#fff", weight: 1.5, fill: false, interactive: false,
+                             className: "sw-site-box"});
+      }
+      m.dot.bindTooltip(m.tip);
+      m.dot.on("click", function () { select(i, {pan: false}); });
+      groupOf(m).forEach(function (x) { layers.status[m.status].addLayer(x); });
+      return m;
     });
-    applyView(true);
   }
-  function drawFootprint(ring) {
-    var g = $("map-foot");
-    g.textContent = "";
-    if (!ring) { return; }
-    var pts = ring.map(function (p) { return project(p[0], p[1]).join(","); }).join(" ");
-    g.appendChild(svgEl("polygon", {"class": "foot", points: pts}));
+  function groupOf(m) { return m.box ? [m.box, m.dot] : [m.dot]; }
+  function styleSite(i) {
+    var m = marks[i], s = state.sites[i];
+    if (!m || !s) { return; }
+    if (m.status !== s.status && layers.status[s.status]) {
+      groupOf(m).forEach(function (x) { layers.status[m.status].removeLayer(x); layers.status[s.status].addLayer(x); });
+      m.status = s.status;
+    }
+    m.dot.setStyle(siteStyle(s, i === state.sel));
+    if (m.box) { m.box.setStyle({color: M.STATUS_COLOURS[s.status] || "#fff"}); }
+    if (i === state.sel && lmap.hasLayer(m.dot)) { m.dot.bringToFront(); }
+    m.tip.textContent = siteText(s);
+  }
+  function drawFootprint(d) {  // the selected site's footprint and its detections (null: none yet)
+    layers.selection.clearLayers();
+    layers.detections.clearLayers();
+    if (!d) { return; }
+    if (d.footprint) {
+      layers.selection.addLayer(L.polygon(d.footprint.map(function (p) { return [p[1], p[0]]; }),
+                                          {color: "#ffd600", weight: 2, fill: false, interactive: false,
+                                           className: "sw-footprint"}));
+    }
+    d.detections.forEach(function (x) {
+      if (!hasPlace(x)) { return; }
+      var c = L.circleMarker([x.lat, x.lon], {radius: 3, color: "#00e5ff", weight: 2, fill: false, className: "sw-detection"});
+      c.bindTooltip(el("span", null, x.scene + " \u00b7 " + (x.acquired || "\u2013") + " \u00b7 " + fmt(x.score, 3)));
+      layers.detections.addLayer(c);
+    });
+  }
+  function siteBounds(s) {
+    return s.bbox ? L.latLngBounds([s.bbox[1], s.bbox[0]], [s.bbox[3], s.bbox[2]]) : L.latLngBounds([s.lat, s.lon], [s.lat, s.lon]);
+  }
+  function dataBounds() {  // the scenes and the sites of the list: what "fit" frames
+    var b = L.latLngBounds([]);
+    state.scenes.forEach(function (s) { s.corners.forEach(function (p) { b.extend([p[1], p[0]]); }); });
+    state.sites.forEach(function (s) { if (hasPlace(s)) { b.extend([s.lat, s.lon]); } });
+    return b;
   }
   function fit() {
-    var xs = [], ys = [];
-    state.scenes.forEach(function (s) { s.corners.forEach(function (p) { var q = project(p[0], p[1]); xs.push(q[0]); ys.push(q[1]); }); });
-    state.sites.forEach(function (s) { var q = project(s.lon, s.lat); xs.push(q[0]); ys.push(q[1]); });
-    if (!xs.length) { return; }
-    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
-    var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
-    var w = Math.max(x1 - x0, 200), h = Math.max(y1 - y0, 200);
-    map.view = {x: (x0 + x1) / 2 - w * 0.53, y: (y0 + y1) / 2 - h * 0.53, w: w * 1.06, h: h * 1.06};
-    applyView();
+    var b = dataBounds();
+    if (!b.isValid()) { if (!lmap._loaded) { lmap.setView([20, 0], 2); } return; }  // nothing to show yet
+    lmap.fitBounds(b, {padding: [12, 12], maxZoom: 17, animate: false});
   }
-  function zoom(f, cx, cy) {
-    var v = map.view;
-    if (cx === undefined) { cx = v.x + v.w / 2; cy = v.y + v.h / 2; }
-    var w = Math.min(Math.max(v.w * f, 50), 5e7);
-    var r = w / v.w;
-    map.view = {x: cx - (cx - v.x) * r, y: cy - (cy - v.y) * r, w: w, h: v.h * r};
-    applyView();
+  function ensureVisible(s) {  // centre the site, its box at most a third of the view, ~1 km around it at least
+    if (!hasPlace(s)) { return; }
+    var b = siteBounds(s), c = b.getCenter(), cos = Math.max(Math.cos(c.lat * Math.PI / 180), 0.05);
+    var dy = Math.max((b.getNorth() - b.getSouth()) * 1.5, 0.0045);
+    var dx = Math.max((b.getEast() - b.getWest()) * 1.5, 0.0045 / cos);
+    lmap.fitBounds([[c.lat - dy, c.lng - dx], [c.lat + dy, c.lng + dx]], {maxZoom: 17, animate: false});
   }
-  function ensureVisible(s) {
-    var p = project(s.lon, s.lat), v = map.view;
-    if (p[0] < v.x || p[0] > v.x + v.w || p[1] < v.y || p[1] > v.y + v.h) {  // off the map: centre it
-      map.view = {x: p[0] - v.w / 2, y: p[1] - v.h / 2, w: v.w, h: v.h};
-    }
-    applyView();
+  function updateLegend() {
+    var d = state.density, on = d && (lmap.hasLayer(d.density) || lmap.hasLayer(d.hotspots));
+    legend.update({density: on ? d : null,  // the status colours are in the layer control
+                   note: state.densityNote || "wheel: zoom at the cursor \u00b7 drag: pan \u00b7 click a site"});
   }
-  function toMap(e) {
-    var pt = svg.createSVGPoint();
-    pt.x = e.clientX; pt.y = e.clientY;
-    return pt.matrixTransform(svg.getScreenCTM().inverse());
+  lmap.on("overlayadd overlayremove", updateLegend);
+  var DENSITY_CELLS = [1000, 5000, 25000, 100000];  // metres: the next when the sites span too many cells
+  function loadDensity(cells) {  // (again) for the sites of the status chosen; layers that were on stay on
+    var status = $("d-status").value || "all", token = state.densityToken = (state.densityToken || 0) + 1;
+    document.body.dataset.density = "loading";
+    return api("/api/density?cell=" + cells[0] + "&status=" + enc(status)).then(function (fc) {
+      if (token !== state.densityToken) { return; }
+      var old = state.density, on = [false, false];
+      if (old) {
+        on = [lmap.hasLayer(old.density), lmap.hasLayer(old.hotspots)];
+        [old.density, old.hotspots].forEach(function (l) { control.removeLayer(l); lmap.removeLayer(l); });
+      }
+      var d = M.densityLayers(fc, {density: "sw-density", hotspots: "sw-hotspots"});
+      state.density = d;
+      layers.density = d.density;
+      layers.hotspots = d.hotspots;
+      control.addOverlay(d.density, "Density (sites per cell)");
+      control.addOverlay(d.hotspots, "Hotspots (Gi*)");
+      if (on[0]) { d.density.addTo(lmap); }
+      if (on[1]) { d.hotspots.addTo(lmap); }
+      state.densityNote = fc.sites ? null : "No " + status + " sites to count in the density.";
+      updateLegend();
+      document.body.dataset.density = "1";
+    }).catch(function (err) {
+      if (token !== state.densityToken) { return; }
+      if (cells.length > 1 && /cells/.test(err.message)) { return loadDensity(cells.slice(1)); }
+      state.densityNote = "No density layer: " + err.message;
+      updateLegend();
+      document.body.dataset.density = "0";
+    });
   }
-  svg.addEventListener("wheel", function (e) {
-    e.preventDefault();
-    var p = toMap(e);
-    zoom(e.deltaY < 0 ? 0.8 : 1.25, p.x, p.y);
-  }, {passive: false});
-  svg.addEventListener("pointerdown", function (e) {
-    map.drag = {x: e.clientX, y: e.clientY, moved: false};
-  });
-  svg.addEventListener("pointermove", function (e) {
-    var d = map.drag;
-    if (!d || !(e.buttons & 1)) { return; }
-    var dx = e.clientX - d.x, dy = e.clientY - d.y;
-    if (!d.moved && Math.abs(dx) + Math.abs(dy) < 4) { return; }
-    if (!d.moved) { svg.setPointerCapture(e.pointerId); svg.classList.add("panning"); }
-    d.moved = true;
-    var u = unitsPerPixel();
-    map.view.x -= dx * u; map.view.y -= dy * u;
-    d.x = e.clientX; d.y = e.clientY;
-    applyView();
-  });
-  svg.addEventListener("pointerup", function () { svg.classList.remove("panning"); });
-  svg.addEventListener("click", function (e) {
-    var moved = map.drag && map.drag.moved;
-    map.drag = null;
-    if (moved) { return; }
-    var c = e.target.closest("circle.site");
-    if (c) { select(+c.getAttribute("data-i"), {pan: false}); }
-  });
-  $("z-in").addEventListener("click", function (e) { zoom(0.5); e.target.blur(); });
-  $("z-out").addEventListener("click", function (e) { zoom(2); e.target.blur(); });
+  function zoomBy(d) {  // at once, not animated: a key pressed during an animation would be lost
+    lmap.setZoom(lmap.getZoom() + d, {animate: false});
+  }
+  $("z-in").addEventListener("click", function (e) { zoomBy(1); e.target.blur(); });
+  $("z-out").addEventListener("click", function (e) { zoomBy(-1); e.target.blur(); });
   $("z-fit").addEventListener("click", function (e) { fit(); e.target.blur(); });
-  window.addEventListener("resize", function () { map.size = null; applyView(true); });
 
   // --- start ---------------------------------------------------------------------------
   $("run").textContent = cfg.run;
@@ -574,13 +595,9 @@
     lab.appendChild(document.createTextNode(s));
     $("f-status").appendChild(lab);
   });
-  var legend = $("legend");
-  STATUSES.forEach(function (s) {
-    var sp = el("span");
-    sp.appendChild(el("span", "dot st-" + s));
-    sp.appendChild(document.createTextNode(s));
-    legend.appendChild(sp);
-  });
+  updateLegend();
+  STATUSES.forEach(function (s) { $("d-status").appendChild(el("option", null, "density of " + s + " sites")).value = s; });
+  $("d-status").addEventListener("change", function (e) { e.target.blur(); loadDensity(DENSITY_CELLS); });
   // the status checkboxes exist only now: wire them up
   STATUSES.forEach(function (s) {
     $("f-st-" + s).addEventListener("change", function (e) { e.target.blur(); loadSites(); });
@@ -597,12 +614,11 @@
     $("f-sample").checked = !!cfg.sample && summary.sample.sites > 0;
     $("f-sample-n").textContent = summary.sample.sites ? "(" + summary.sample.sites + ")" : "(none drawn)";
     return loadSites().then(function () {
-      setOrigin();
       renderScenes();
-      renderSites();
       fit();
-      if (state.sel >= 0) { if (state.detail) { drawFootprint(state.detail.footprint); } updateRow(state.sel); }
+      if (state.sel >= 0) { if (state.detail) { drawFootprint(state.detail); } updateRow(state.sel); }
       document.body.dataset.ready = "1";
+      loadDensity(DENSITY_CELLS);
     });
   }).catch(function (err) { message("Could not start: " + err.message, true); });
 })();
