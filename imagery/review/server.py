@@ -11,7 +11,7 @@ GET      ``/``                              the review page
 GET      ``/api/summary``                   counts by class and status, sample progress
 GET      ``/api/sites``                     sites; filters, sort and paging as parameters
 GET      ``/api/sites/{id}``                one site, its detections and its review log
-POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note", "reviewer"}``
+POST     ``/api/sites/{id}/review``         record a decision ``{"status", "note"}`` as the logged-in reviewer
 GET      ``/api/sites/{id}/chip.png``       an image chip cut from the source scene
 GET      ``/api/scenes``                    the scenes: lon/lat corners, quick-look URLs
 GET      ``/api/scenes/{name}/quicklook.png``  a scene's quick-look (looked up by name)
