@@ -229,6 +229,45 @@ class _TrainProgress:
             self.bar = None
 
 
+class _ListOption(click.Option):
+    """A repeatable option that also takes every value after it: ``--negatives a b c``."""
+
+
+class _ListsCommand(click.Command):
+    """A command whose :class:`_ListOption` options take every value that follows them.
+
+    ``--negatives a b c`` reads as ``--negatives a --negatives b --negatives c``: without this,
+    click takes ``a`` for the option and hands ``b`` and ``c`` to the positional arguments
+    (for ``train``, images with no labels), silently.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names = {n for p in self.params if isinstance(p, _ListOption) for n in (*p.opts, *p.secondary_opts)}
+        return super().parse_args(ctx, spread_list_options(args, names))
+
+
+def spread_list_options(args: list[str], names: set[str]) -> list[str]:
+    """``args`` with each value that follows a list option (``names``) given its own option name.
+
+    A list option's values run to the next token that starts with ``-`` (or ``--``, after
+    which every token is positional).
+    """
+    out: list[str] = []
+    current: str | None = None
+    for i, tok in enumerate(args):
+        if tok == "--":
+            return [*out, *args[i:]]
+        if tok.startswith("-") and tok != "-":
+            name = tok.split("=", 1)[0]
+            current = name if name in names else None
+            out.append(tok)
+        elif current is not None and out and out[-1] != current:
+            out.extend((current, tok))
+        else:
+            out.append(tok)
+    return out
+
+
 def _pairs(values: tuple[str, ...], flag: str, form: str) -> tuple[tuple[str, str], ...]:
     out = []
     for v in values:
@@ -255,16 +294,18 @@ def _parent_config(init: str | None) -> Path:
     return path
 
 
-@cli.command()
+@cli.command(cls=_ListsCommand)
 @click.argument("more_images", nargs=-1, metavar="[IMAGES]...")
 @click.option("--config", "-c", "config", default=None, type=click.Path(path_type=Path),
               help="Training config (YAML), e.g. configs/kilns-highres.yaml [default with --init: the parent's config].")
-@click.option("--images", "-i", multiple=True, required=True,
+@click.option("--images", "-i", cls=_ListOption, multiple=True, required=True,
               help="Scenes: files, directories or quoted globs; list several after one --images.")
-@click.option("--labels", "-l", multiple=True, required=True, help="Label files (or quoted globs): GeoJSON, COCO JSON or a sitewatch review export.")
-@click.option("--negatives", multiple=True, metavar="SCENE",
+@click.option("--labels", "-l", cls=_ListOption, multiple=True, required=True,
+              help="Label files (or quoted globs): GeoJSON, COCO JSON or a sitewatch review export; several after one --labels.")
+@click.option("--negatives", cls=_ListOption, multiple=True, metavar="SCENE",
               help="Scenes known to hold none of the objects (files, directories or quoted globs): their "
-                   "background, and the model's false alarms on it, train the model to stay quiet there.")
+                   "background, and the model's false alarms on it, train the model to stay quiet there; "
+                   "several after one --negatives.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. --set train.epochs=5.")
 @click.option("--epochs", type=int, default=None, help="Same as --set train.epochs=N.")

@@ -289,3 +289,19 @@ def test_negative_scenes_give_background_windows_and_never_validate(data: dict[s
     assert metrics["windows"]["train"] == plain["windows"]["train"] + 5
     assert metrics["windows"]["validation"] == plain["windows"]["validation"]
     assert "quiet" not in card.split("validation:")[-1].split(")")[0]
+
+
+def test_list_options_of_train_take_every_value_after_them() -> None:
+    """`--negatives a b c` names three negative scenes: none of them becomes an unlabelled training image."""
+    from sitewatch.cli import cli, spread_list_options
+
+    train = cli.commands["train"]
+    ctx = train.make_context("train", ["--config", "c.yaml", "--images", "x.tif", "y.tif", "--labels", "l1.geojson",
+                                       "l2.json", "--negatives", "p1", "p2", "p3", "--out", "m", "z.tif"])
+    assert ctx.params["negatives"] == ("p1", "p2", "p3")
+    assert ctx.params["labels"] == ("l1.geojson", "l2.json")
+    assert ctx.params["images"] == ("x.tif", "y.tif") and ctx.params["more_images"] == ("z.tif",)
+    ctx = train.make_context("train", ["-i", "a", "b", "--negatives=n1", "n2", "-l", "l", "-o", "m", "--", "-odd.tif"])
+    assert ctx.params["images"] == ("a", "b") and ctx.params["negatives"] == ("n1", "n2")
+    assert ctx.params["more_images"] == ("-odd.tif",)
+    assert spread_list_options(["--set", "a=1", "b", "--x", "c"], {"--x"}) == ["--set", "a=1", "b", "--x", "c"]
