@@ -11,16 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import launch, playwright_or_skip
 from conftest import make_review_run
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium) "
-                "to run the browser tests", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
+sync_api = playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +24,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with launch(sync_api) as b:
         yield b
-        b.close()
 
 
 def _data(run_dir: Path) -> dict[str, Any]:

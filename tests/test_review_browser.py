@@ -19,20 +19,15 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from chromium import launch, playwright_or_skip
 from conftest import AddScene, make_review_run
 
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.review.server import ReviewServer, make_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review.png"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium) "
-                "to run the browser tests", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
+sync_api = playwright_or_skip()
 expect = sync_api.expect
 
 
@@ -106,10 +101,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with launch(sync_api) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
