@@ -27,7 +27,7 @@ SERVE = """
 import sys
 from sitewatch.imagery.review.server import make_server
 server = make_server(sys.argv[1], port=0)
-print(server.server_address[1], flush=True)
+print(server.server_address[1], server.secret, flush=True)
 server.serve_forever()
 """
 
@@ -71,15 +71,19 @@ def main() -> int:
         print(f"built {args.sites} sites in {time.perf_counter() - t:.0f} s")
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(args.store)], stdout=subprocess.PIPE, text=True)
     try:
-        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        port_text, secret = proc.stdout.readline().split()  # type: ignore[union-attr]
+        port = int(port_text)
         print(f"server idle: peak RSS {peak_rss_mb(proc.pid):.0f} MB")
         for sort in ("score", "uncertainty"):
             times = []
             for _ in range(args.repeats):
                 con = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
                 t = time.perf_counter()
-                con.request("GET", f"/api/sites?limit=50&sort={sort}")
-                body = con.getresponse().read()
+                con.request("GET", f"/api/sites?limit=50&sort={sort}", headers={"Authorization": f"Bearer {secret}"})
+                resp = con.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"review_bench: the server answered {resp.status}: {body[:200]!r}")
                 times.append(time.perf_counter() - t)
                 con.close()
             doc = json.loads(body)
