@@ -9,15 +9,37 @@ a cell *hot* (``z >= 1.96``) or *cold* (``z <= -1.96``): a two-sided test at 95%
 under the normal approximation, one cell at a time (no correction for testing many cells:
 treat the flags as where to look first, not as proof).
 
-The grid is in metres on the ground: the UTM zone of the sites' centre when they span at
-most 6 degrees of longitude, else the global equal-area EASE-Grid 2.0 (EPSG:6933). Its
-origin is a multiple of the cell size, so two runs over the same area share cells.
+**Regions.** A run over several distant places (five ports on three continents) would put
+its sites on one grid that is mostly empty, too large to count, and whose Gi* mean (near 0)
+makes every occupied cell "hot". So the sites are first split into *regions*
+(:func:`split_regions`): single-linkage clusters cut at a gap of :func:`region_gap` (50 km
+or 20 cells, whichever is more; great-circle distance): two sites at most that far apart
+are in one region, and so are their neighbours' neighbours; two regions are farther apart
+than the gap at their closest sites. Regions are named ``r1``, ``r2``, ... from west to
+east by the mean longitude of their sites: the same store, filters (``--status``,
+``--class``) and cell size give the same names; adding sites (an appended run) can add,
+join or renumber regions. A store whose sites are one region gives exactly the grid it
+always did.
 
-The result is an ``xarray.Dataset`` (dimensions ``layer``, ``y``, ``x``; variables
+Each region has its own grid, in metres on the ground: the UTM zone of the region's centre
+when it spans at most 6 degrees of longitude, else the global equal-area EASE-Grid 2.0
+(EPSG:6933); its origin is a multiple of the cell size, so two runs over the same area
+share cells. Each region also has its own Gi*: a cell is hot or cold *relative to its
+region* (the region's mean and variance of counts), never compared with another region.
+The coarser the cell, the larger the gap, so coarse cells join regions again (100 km
+cells: only regions more than 2,000 km apart stay apart). Regions' grids are apart but for
+odd shapes (a region of sites ringing another), where their extents may overlap.
+
+Each grid is an ``xarray.Dataset`` (dimensions ``layer``, ``y``, ``x``; variables
 ``count``, ``gi_z``, ``gi_p`` and ``hotspot``, -1 cold / 0 / 1 hot; the CRS as
-``spatial_ref`` in the CF way GDAL and rioxarray read), written by :func:`write_density`
-as GeoTIFF (one band per layer and variable), NetCDF, or grid-cell polygons (GeoJSON,
-GeoPackage) for QGIS.
+``spatial_ref`` in the CF way GDAL and rioxarray read; attributes ``region``, ``regions``,
+``region_gap_m``, ``region_bounds``): :func:`density` returns the grid of a one-region run
+(or of ``region="r2"``) and refuses several; :func:`density_regions` returns every
+region's, by name. :func:`write_density` / :func:`write_density_regions` write them as
+GeoTIFF or NetCDF (one grid per file: ``d.tif`` for one region, else ``d-r1.tif``,
+``d-r2.tif``, ...; see :func:`region_paths`) or grid-cell polygons in EPSG:4326 (GeoJSON,
+GeoPackage: every region in one file, with ``region`` and ``grid_crs`` columns) for QGIS.
+:func:`density_geojson` gives the web maps every region's cells at the cell size asked.
 """
 
 from __future__ import annotations
