@@ -626,11 +626,12 @@ def density(run_dir: Path, cell: str, out: Path, statuses: tuple[str, ...], clas
             crs: str | None, region: str | None, overwrite: bool) -> None:
     """Count sites per grid cell and flag hotspots (Getis-Ord Gi*, 95%): a layer for QGIS and web maps.
 
-    \b
     Sites more than 50 km (or 20 cells) apart are split into regions r1, r2, ... (west to
-    east), each with its own grid and hotspots: a .gpkg/.geojson holds them all (column
-    region); a .tif/.nc holds one grid, so OUT-r1.tif, OUT-r2.tif, ... are written, or
-    --region NAME writes only that one to --out.
+    east), each with its own grid and its own hotspots. A .gpkg/.geojson holds every region
+    (column region); a .tif/.nc holds one grid, so --out d.tif writes d-r1.tif, d-r2.tif,
+    ...; --region NAME writes only that region, to --out itself.
+
+    \b
     sitewatch density runs/delta --cell 1km --out delta-density.tif
     sitewatch density runs/delta --cell 2km --status confirmed --out confirmed.gpkg
     """

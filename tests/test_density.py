@@ -202,6 +202,18 @@ def test_split_regions_is_single_linkage_west_to_east_and_order_free() -> None:
     assert list(split_regions(np.array([179.9, -179.9]), np.array([-17.0, -17.0]), 50_000)) == [0, 0]
     assert grid_crs(np.array([179.9, -179.9]), np.array([-17.0, -17.0])) in ("EPSG:32760", "EPSG:32701")
     assert split_regions(np.zeros(0), np.zeros(0), 50_000).size == 0
+    # the same partition as scipy's single linkage of all pairwise distances (chords of the gap)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    radius = 6_371_008.8
+    for _ in range(10):
+        lo, la = rng.uniform(0, 8, 60), rng.uniform(40, 46, 60)
+        lam, phi = np.radians(lo), np.radians(la)
+        xyz = radius * np.column_stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
+        ref = fcluster(linkage(pdist(xyz), "single"), 2 * radius * np.sin(50_000 / (2 * radius)), "distance")
+        got = split_regions(lo, la, 50_000)
+        assert ((ref[:, None] == ref[None, :]) == (got[:, None] == got[None, :])).all()
     assert region_gap(1000) == 50_000 and region_gap(5000) == 100_000
 
 
