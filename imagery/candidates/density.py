@@ -380,6 +380,7 @@ def density(
     crs: str | None = None,
     max_cells: int = MAX_CELLS,
     region: str | None = None,
+    gap_m: float | None = None,
     con: Any = None,
 ) -> Any:
     """Sites per grid cell and their Gi* hotspots, as an ``xarray.Dataset``: the grid of a run
@@ -398,22 +399,24 @@ def density(
         crs: the grid's CRS (any pyproj string in metres); default :func:`grid_crs`.
         max_cells: most cells the grid may have.
         region: the region (``"r2"``) when the sites are in several.
+        gap_m: the gap between regions in metres; default :func:`region_gap` of ``cell_m``.
         con: read through this connection of the store (inside a transaction that writes it).
 
     Raises:
         UsageError: a bad status, CRS or region, no site to count, sites in several regions
             and no ``region``, or a grid of more than ``max_cells`` cells.
     """
-    grids = _grids(store, cell_m, statuses=statuses, classes=classes, crs=crs, gap_m=None, con=con)
+    grids = _grids(store, cell_m, statuses=statuses, classes=classes, crs=crs, gap_m=gap_m, con=con)
+    gap = region_gap(cell_m) if gap_m is None else float(gap_m)
     if region is None and len(grids) > 1:
         raise UsageError(f"{store.path}: the sites lie in {len(grids)} regions more than "
-                         f"{region_gap(cell_m) / 1000:g} km apart, one grid each: "
+                         f"{gap / 1000:g} km apart, one grid each: "
                          f"{describe_regions([g.region for g in grids])}; use density_regions() for all of them, "
                          "or density(..., region='r1') for one")
     (chosen,) = _select(grids, region, cell_m)
     _check_size([chosen], cell_m, max_cells)
     return _dataset(store, chosen, cell_m, statuses=statuses, by_date=by_date, by_class=by_class,
-                    regions=len(grids), gap_m=region_gap(cell_m))
+                    regions=len(grids), gap_m=gap)
 
 
 def _dataset(store: CandidateStore, grid: _Grid, cell_m: float, *, statuses: Sequence[str] | None, by_date: bool,
