@@ -617,29 +617,47 @@ def export(run_dir: Path, out: Path, fmt: str | None, statuses: tuple[str, ...],
               help="Count only sites with this review status (repeat for several) [default: every candidate].")
 @click.option("--class", "classes", multiple=True, help="Only sites of this class (repeat for several).")
 @click.option("--no-dates", is_flag=True, help="One layer per vessel class, not one per acquisition date.")
-@click.option("--crs", default=None, help="Grid CRS in metres [default: the sites' UTM zone, or EPSG:6933 over > 6 degrees].")
+@click.option("--crs", default=None,
+              help="Grid CRS in metres, for every region [default: each region's UTM zone, or EPSG:6933 over > 6 degrees].")
+@click.option("--region", default=None,
+              help="Only this region (r1, r2, ... west to east: sites more than 50 km or 20 cells apart).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def density(run_dir: Path, cell: str, out: Path, statuses: tuple[str, ...], classes: tuple[str, ...], no_dates: bool,
-            crs: str | None, overwrite: bool) -> None:
+            crs: str | None, region: str | None, overwrite: bool) -> None:
     """Count sites per grid cell and flag hotspots (Getis-Ord Gi*, 95%): a layer for QGIS and web maps.
+
+    Sites more than 50 km (or 20 cells) apart are split into regions r1, r2, ... (west to
+    east), each with its own grid and its own hotspots. A .gpkg/.geojson holds every region
+    (column region); a .tif/.nc holds one grid, so --out d.tif writes d-r1.tif, d-r2.tif,
+    ...; --region NAME writes only that region, to --out itself.
 
     \b
     sitewatch density runs/delta --cell 1km --out delta-density.tif
     sitewatch density runs/delta --cell 2km --status confirmed --out confirmed.gpkg
     """
-    from sitewatch.imagery.candidates.density import density as run_density
-    from sitewatch.imagery.candidates.density import parse_cell, write_density
+    from sitewatch.imagery.candidates.density import density_regions, parse_cell, region_gap, write_density_regions
     from sitewatch.imagery.candidates.store import CandidateStore
 
     cell_m = parse_cell(cell)
-    ds = run_density(CandidateStore.in_run_dir(run_dir), cell_m, statuses=statuses or None, classes=classes or None,
-                     by_date=not no_dates, crs=crs)
-    write_density(ds, out, overwrite=overwrite)
-    hot = int((ds["hotspot"] == 1).sum())
-    cold = int((ds["hotspot"] == -1).sum())
-    click.echo(f"{out}: {ds.attrs['sites']} sites on {ds.sizes['x']} x {ds.sizes['y']} cells of {cell_m:g} m "
-               f"({ds.attrs['crs']}), {ds.sizes['layer']} layer(s): {', '.join(map(str, ds.layer.values))}; "
-               f"{hot} hot and {cold} cold cell(s) at 95% confidence")
+    grids = density_regions(CandidateStore.in_run_dir(run_dir), cell_m, statuses=statuses or None,
+                            classes=classes or None, by_date=not no_dates, crs=crs, region=region)
+    paths = write_density_regions(grids, out, overwrite=overwrite)
+    many = len(grids) > 1
+    if many:
+        click.echo(f"{sum(ds.attrs['sites'] for ds in grids.values())} sites in {len(grids)} regions (sites more "
+                   f"than {region_gap(cell_m) / 1000:g} km apart), each on its own grid with its own hotspots, "
+                   f"in {', '.join(map(str, paths))}:")
+    for k, (name, ds) in enumerate(grids.items()):
+        hot = int((ds["hotspot"] == 1).sum())
+        cold = int((ds["hotspot"] == -1).sum())
+        w, s_, e, n = (float(b) for b in ds.attrs["region_bounds"].split())
+        where = f"  {name} -> {paths[min(k, len(paths) - 1)]}" if many else str(paths[0])
+        if not many and ds.attrs["regions"] > 1:
+            where += f" (region {name} of {ds.attrs['regions']})"
+        around = f" around lon {(w + e) / 2:.2f}, lat {(s_ + n) / 2:.2f}" if ds.attrs["regions"] > 1 else ""
+        click.echo(f"{where}: {ds.attrs['sites']} sites on {ds.sizes['x']} x {ds.sizes['y']} cells of {cell_m:g} m "
+                   f"({ds.attrs['crs']}){around}, {ds.sizes['layer']} layer(s): {', '.join(map(str, ds.layer.values))}; "
+                   f"{hot} hot and {cold} cold cell(s) at 95% confidence")
 
 
 def _per_class(values: tuple[str, ...], flag: str) -> dict[str, float]:

@@ -1002,7 +1002,7 @@ def test_density_is_lon_lat_cells_with_counts_and_hotspots(server: ReviewServer,
     assert sum(f["properties"]["count"] for f in fc["features"]) == len(sites) == fc["sites"]
     for f in fc["features"]:
         p = f["properties"]
-        assert set(p) == {"count", "gi_z", "gi_p", "hotspot"} and p["hotspot"] in ("hot", "cold", None)
+        assert set(p) == {"count", "gi_z", "gi_p", "hotspot", "region"} and p["hotspot"] in ("hot", "cold", None)
         ring = f["geometry"]["coordinates"][0]
         assert len(ring) == 5 and all(-180 <= x <= 180 and -90 <= y <= 90 for x, y in ring)
     status, _, body = request(server, "GET", "/api/density?cell=5km&status=confirmed,unsure")

@@ -340,3 +340,34 @@ def test_density_of_an_empty_store(tmp_path: Path, add_scene: AddScene) -> None:
         assert status == 200
         assert json.loads(body) == {"type": "FeatureCollection", "cell_m": 1000.0, "grid_crs": None, "features": [],
                                     "status": "all", "sites": 0, "max_count": 0}
+
+
+def test_density_of_distant_regions(tmp_path: Path, add_scene: AddScene) -> None:
+    """Sites at two places 2,000 km apart: 1 km cells at both, each region with its own grid."""
+    run = tmp_path / "far"
+    run.mkdir()
+    store = CandidateStore.create(run / "candidates.gpkg")
+    lat, per_m = 24.70, 1 / (111_320 * math.cos(math.radians(24.70)))
+    east = [("kiln", 90.40 + (10_150 + 220 * i) * per_m, lat + (10_200 + 250 * j) / 110_750, 0.8)
+            for i in range(4) for j in range(3)]
+    east += [("kiln", 90.40 + x * per_m, lat + y / 110_750, 0.6) for x, y in ((500, 500), (19_500, 19_500))]
+    west = [("vessel", 70.40 + x * per_m, lat + y / 110_750, 0.9) for x, y in ((300, 300), (4_300, 2_300))]
+    add_scene(store, "east", east, acquired="2024-01-05")
+    add_scene(store, "west", west, acquired="2024-02-05")
+    with serving(run) as srv:
+        status, _, body = get(srv, "/api/density")
+        assert status == 200, body[:200]
+        doc = json.loads(body)
+        assert doc["cell_m"] == 1000 and doc["grid_crs"] is None and doc["sites"] == 16
+        assert [(r["name"], r["grid_crs"], r["sites"]) for r in doc["regions"]] == [
+            ("r1", "EPSG:32642", 2), ("r2", "EPSG:32646", 14)]
+        counts = {name: sum(f["properties"]["count"] for f in doc["features"] if f["properties"]["region"] == name)
+                  for name in ("r1", "r2")}
+        assert counts == {"r1": 2, "r2": 14}
+        for f in doc["features"]:  # 1 km cells at both places
+            (ring,) = f["geometry"]["coordinates"]
+            lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+            assert 0.9 < (max(lons) - min(lons)) / (1000 * per_m) < 1.1 and 0.9 < (max(lats) - min(lats)) * 110_750 / 1000 < 1.1
+        top = max(doc["features"], key=lambda f: f["properties"]["count"])
+        assert top["properties"]["count"] == 12 and top["properties"]["hotspot"] == "hot"
+        assert json.loads(get(srv, "/api/density?cell=5km")[2])["cell_m"] == 5000

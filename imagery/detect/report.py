@@ -248,7 +248,11 @@ MAP_DENSITY_CELLS = (1000.0, 5000.0, 25000.0, 100000.0)
 
 def map_density(store: CandidateStore, con: sqlite3.Connection | None = None) -> dict[str, Any] | None:
     """The density and Gi* hotspots of every site of the store, for ``map.html`` (None: no site,
-    or too wide an area for the largest of :data:`MAP_DENSITY_CELLS`)."""
+    or too wide an area for the largest of :data:`MAP_DENSITY_CELLS`).
+
+    Through :func:`~sitewatch.imagery.candidates.density.density_geojson`: sites in distant
+    regions (a run over several ports) get a grid each, so every region is shown at the
+    finest cell whose grids, all regions together, fit its cap."""
     from sitewatch.imagery.candidates.density import density_geojson
     from sitewatch.imagery.errors import UsageError
 

@@ -585,12 +585,13 @@ class ReviewApp:
     def density(self, cell: str = "1000", status: str = "all") -> dict[str, Any]:
         """``GET /api/density``: sites per grid cell and their Gi* hotspots, as a lon/lat GeoJSON FeatureCollection.
 
-        :func:`~sitewatch.imagery.candidates.density.density_for_map` (one grid of every
-        site, all classes together; ``cell`` in metres or ``1km``; ``status`` ``all`` or
-        statuses joined by commas). No site: no features.
+        :func:`~sitewatch.imagery.candidates.density.density_for_map` (all classes together,
+        one grid per region of sites more than 50 km apart, each feature's ``region`` naming
+        it; ``cell`` in metres or ``1km``; ``status`` ``all`` or statuses joined by commas).
+        No site: no features.
 
         Raises:
-            UsageError: a bad ``cell`` or ``status``, or a grid of too many cells (400).
+            UsageError: a bad ``cell`` or ``status``, or grids of too many cells (400).
         """
         return density_for_map(self.store, cell, status)
 
@@ -1686,13 +1687,22 @@ def _operations() -> dict[str, dict[str, Any]]:
                      "description": "optional; if given, must be the logged-in reviewer (the log records that name)"}}}
     density_schema = {"type": "object", "required": ["type", "features", "cell_m", "grid_crs"], "properties": {
         "type": {"const": "FeatureCollection"},
-        "cell_m": {"type": "number"}, "grid_crs": {"type": ["string", "null"], "description": "the grid's CRS (metres)"},
+        "cell_m": {"type": "number"},
+        "grid_crs": {"type": ["string", "null"],
+                     "description": "the grids' CRS (metres), or null where the regions' grids differ"},
+        "regions": {"type": "array", "description": "the regions of sites, west to east (absent when no site)",
+                    "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "grid_crs": {"type": "string"}, "sites": {"type": "integer"},
+                        "cells": {"type": "integer"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                        "bounds": {"type": "array", "items": {"type": "number"},
+                                   "description": "west, south, east, north of the region's grid (degrees)"}}}},
         "features": {"type": "array", "items": {"type": "object", "properties": {
             "type": {"const": "Feature"},
             "geometry": {"type": "object", "description": "a Polygon in lon/lat (EPSG:4326)"},
             "properties": {"type": "object", "properties": {
                 "count": {"type": "integer"}, "gi_z": {"type": ["number", "null"]}, "gi_p": {"type": ["number", "null"]},
                 "hotspot": {"enum": ["hot", "cold", None]},
+                "region": {"type": "string", "description": "the region whose grid the cell is of (r1, r2, ...)"},
                 "classes": {"type": "object", "additionalProperties": {"type": "integer"},
                             "description": "sites of each class in the cell"}}}}}}}}
     return {
