@@ -7,6 +7,7 @@
 #
 #   scripts/kilns_lodo.sh ../shared/data/kilns-s2 ../shared/data/sen2ships folds/kilns
 #   INIT=scratch scripts/kilns_lodo.sh ../shared/data/kilns-s2 ../shared/data/sen2ships folds/kilns-scratch
+#   CONFIG=my-kilns.yaml scripts/kilns_lodo.sh ...     # another recipe (default configs/kilns-s2-rgb.yaml)
 set -euo pipefail
 kilns=${1:?usage: kilns_lodo.sh KILNS_DIR SEN2SHIPS_DIR OUT_DIR}
 ports=${2:?usage: kilns_lodo.sh KILNS_DIR SEN2SHIPS_DIR OUT_DIR}
@@ -21,7 +22,7 @@ fi
 for pair in "jessore mymensingh" "mymensingh jessore"; do
   set -- $pair
   train=$1 test=$2
-  sitewatch train --config configs/kilns-s2-rgb.yaml --images "$kilns/$train/"*.tif \
+  sitewatch train --config "${CONFIG:-configs/kilns-s2-rgb.yaml}" --images "$kilns/$train/"*.tif \
     --labels "$kilns/$train/labels.geojson" --negatives "${negatives[@]}" --out "$out/$train/model" \
     --overwrite "${flags[@]}" ${TRAIN_FLAGS:-}
   sitewatch evaluate --model "$out/$train/model" --labels "$kilns/$test/labels.geojson" --primary distance \
