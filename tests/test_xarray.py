@@ -147,7 +147,7 @@ def test_an_array_scene_reads_the_windows_a_file_scene_reads(make_geotiff) -> No
     # a crop is georeferenced where it lies, and reads the file's pixels there
     crop = scene_from_dataarray(da.isel(x=slice(10, 50), y=slice(20, 70)), BANDS)
     assert (crop.width, crop.height) == (40, 50)
-    assert crop.affine == file_scene.affine * file_scene.affine.translation(10, 20)
+    assert crop.affine == file_scene.affine @ file_scene.affine.translation(10, 20)
     with SceneReader(file_scene) as f, SceneReader(crop) as a:
         np.testing.assert_array_equal(f.read(10, 20, 40, 50)[0], a.read(0, 0, 40, 50)[0])
     # NaN marks no data in a float array that has no nodata value
