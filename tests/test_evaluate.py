@@ -234,7 +234,8 @@ def test_cli_evaluates_the_demo_model_on_the_demo_scene(tmp_path: Path, capsys: 
     main(["demo", "--out", str(demo), "--workers", "2"])
     capsys.readouterr()
     out = tmp_path / "eval"
-    args = ["evaluate", "--model", "demo", "--labels", str(demo / "demo-truth.geojson"), str(demo / "demo-scene.tif"),
+    # labels as a quoted glob, as train takes them
+    args = ["evaluate", "--model", "demo", "--labels", str(demo / "demo-tr*.geojson"), str(demo / "demo-scene.tif"),
             "--out", str(out), "--workers", "2"]
     main(args)
     printed = capsys.readouterr().out
@@ -253,7 +254,8 @@ def test_cli_evaluates_the_demo_model_on_the_demo_scene(tmp_path: Path, capsys: 
     assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # a second run into the same directory is refused without --overwrite; bad values name their flag
-    for extra, code, words in ((["--iou", "0.3"], 5, "--overwrite"), (["--overwrite", "--iou", "0"], 2, "--iou")):
+    for extra, code, words in ((["--iou", "0.3"], 5, "--overwrite"), (["--overwrite", "--iou", "0"], 2, "--iou"),
+                               (["--overwrite", "--labels", str(demo / "nothing-*.geojson")], 3, "matches no label")):
         with pytest.raises(SystemExit) as exc:
             main([*args, *extra])
         err = capsys.readouterr().err

@@ -617,12 +617,13 @@ def run_evaluation(
         SitewatchError: bad flags, inputs, labels, model or output location.
     """
     from sitewatch.imagery.detect.pipeline import DetectSettings, detect, plan
-    from sitewatch.training.labels import LabelOptions, read_labels
+    from sitewatch.training.labels import LabelOptions, expand_label_files, read_labels
 
     out = Path(out)
     settings = eval_settings or EvalSettings()
     if not labels_paths:
         raise UsageError("no --labels given: name at least one label file")
+    labels_paths = expand_label_files([str(x) for x in labels_paths])  # quoted globs, as for train
     check_eval_dir(out, overwrite)
     ds = detect_settings or DetectSettings()
     p = plan(inputs, model, replace(ds, score_threshold=None))

@@ -7,6 +7,7 @@ with a :class:`LabelError` naming them unless told to skip them.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import re
@@ -953,3 +954,21 @@ def _bind_image(
             return None, f"matches several scenes ({names})"
     names = ", ".join(s.name for s in scenes[:5]) + (", ..." if len(scenes) > 5 else "")
     return None, f"no scene of that name (scenes: {names or 'none'})"
+
+
+def expand_label_files(items: Sequence[str]) -> list[str]:
+    """Label file paths, with quoted globs (``'kilns/*/labels.geojson'``) expanded in sorted order.
+
+    Raises:
+        InputError: a glob matches nothing.
+    """
+    out: list[str] = []
+    for item in items:
+        if any(ch in str(item) for ch in "*?["):
+            matches = sorted(glob.glob(str(item)))
+            if not matches:
+                raise InputError(item, "matches no label files; check the path or the glob")
+            out += matches
+        else:
+            out.append(str(item))
+    return list(dict.fromkeys(out))

@@ -38,7 +38,14 @@ from sitewatch.training.chips import Region, build_chips
 from sitewatch.training.config import Config, config_dict
 from sitewatch.training.dataset import Augment, ChipSampler
 from sitewatch.training.init import check_parent, imagenet_init, transfer
-from sitewatch.training.labels import LabelOptions, LabelSet, SceneLabels, problem_summary, read_labels
+from sitewatch.training.labels import (
+    LabelOptions,
+    LabelSet,
+    SceneLabels,
+    expand_label_files,
+    problem_summary,
+    read_labels,
+)
 from sitewatch.training.train import Validation, make_batch, mine_hard_negatives, train_step, validate
 
 log = logging.getLogger(__name__)
@@ -133,24 +140,6 @@ def expand_images(items: Sequence[str], bands: Sequence[str], allow_missing: boo
                     out += [str(f) for f in rasters]
             else:
                 out.append(str(p))
-    return list(dict.fromkeys(out))
-
-
-def expand_label_files(items: Sequence[str]) -> list[str]:
-    """Label file paths, with quoted globs (``'kilns/*/labels.geojson'``) expanded in sorted order.
-
-    Raises:
-        InputError: a glob matches nothing.
-    """
-    out: list[str] = []
-    for item in items:
-        if any(ch in str(item) for ch in "*?["):
-            matches = sorted(glob.glob(str(item)))
-            if not matches:
-                raise InputError(item, "matches no label files; check the path or the glob")
-            out += matches
-        else:
-            out.append(str(item))
     return list(dict.fromkeys(out))
 
 
