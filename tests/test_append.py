@@ -123,7 +123,7 @@ def test_outputs_cover_every_scene_and_list_the_runs(runs):
     assert [r["scenes"] for r in run["runs"]] == [["S2A_20240105_delta"], ["S2B_20240210_delta"]]
     assert run["detections"] == {c: sum(f["properties"]["class"] == c for f in fc["features"]) for c in ("vessel", "kiln")}
     assert run["tiles"]["total"] == sum(i["tiles"]["total"] for i in run["inputs"])
-    assert run["store"]["site_distance_m"] == {"kiln": 100.0, "vessel": 50.0}
+    assert run["store"]["site_distance_m"] == {"kiln": 60.0, "vessel": 50.0}
     for entry in run["inputs"]:
         png = out / entry["quicklook"]
         with Image.open(png) as im:

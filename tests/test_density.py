@@ -25,7 +25,7 @@ M_LAT = 1 / 110_750
 def store(tmp_path, add_scene) -> CandidateStore:  # type: ignore[no-untyped-def]
     """A cluster of 12 kilns within 1 km, 6 kilns scattered over 20 km, and 3 vessels on two dates."""
     s = CandidateStore.create(tmp_path / "candidates.gpkg")
-    # 200 m apart (two sites' distance for kilns is 100 m), all in the cell 10-11 km east and north
+    # 200 m apart (two sites' distance for kilns is 60 m), all in the cell 10-11 km east and north
     cluster = [("kiln", LON0 + (10_150 + 220 * i) * M_LON, LAT0 + (10_200 + 250 * j) * M_LAT, 0.8)
                for i in range(4) for j in range(3)]
     scattered = [("kiln", LON0 + x * M_LON, LAT0 + y * M_LAT, 0.6)

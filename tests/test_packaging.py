@@ -20,6 +20,7 @@ def test_the_wheel_installs_only_sitewatch_with_its_data(tmp_path: Path) -> None
     for expected in ("sitewatch/imagery/detect/pipeline.py", "sitewatch/training/run.py", "sitewatch/cli.py",
                      "sitewatch/imagery/review/static/review.js", "sitewatch/imagery/detect/static/map.html",
                      "sitewatch/imagery/weights/vessels-s2/model.pt", "sitewatch/imagery/weights/vessels-s2/config.yaml",
+                     "sitewatch/imagery/weights/kilns-s2/model.pt", "sitewatch/imagery/weights/kilns-s2/model_card.md",
                      # the vendored Leaflet, its licence and images, and the maps' shared layers
                      "sitewatch/imagery/webmap/static/leaflet/leaflet.js",
                      "sitewatch/imagery/webmap/static/leaflet/leaflet.css",

@@ -1,8 +1,9 @@
-"""The kilns-s2-rgb preset on the real kiln tiles and port scenes of ../shared (skips without them).
+"""The kilns-s2-rgb preset and the shipped kilns-s2 on the real kiln tiles and port scenes of ../shared.
 
-No model is trained here: these check what the preset's recipe stands on. Both kinds of
-imagery open as the same three bands; overlapping tiles show a kiln twice, and evaluation
-by place counts it once.
+Skips without them. No model is trained here: these check what the preset's recipe stands
+on (both kinds of imagery open as the same three bands; overlapping tiles show a kiln twice,
+and evaluation by place counts it once) and that the shipped model does what its card says
+on the data it was made from.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sitewatch.imagery.candidates.store import CandidateStore
+from sitewatch.imagery.detect.pipeline import DetectSettings, detect
 from sitewatch.imagery.detect.worker import georeference
+from sitewatch.imagery.models.registry import shipped_models
 from sitewatch.imagery.scenes.scene import open_scene
 from sitewatch.training.config import load_config
 from sitewatch.training.evaluate import EvalSettings, evaluate
@@ -51,3 +55,27 @@ def test_a_kiln_in_two_overlapping_tiles_counts_once_by_place() -> None:
     place = report.places["kiln"]
     assert per_tile.labels > 28  # kilns in the overlap of two tiles, counted in each
     assert (place.labels, place.counts.tp, place.counts.fp, place.counts.fn) == (28, 28, 0, 0)
+
+
+def test_the_shipped_kilns_s2_finds_its_kilns_once_each_and_stays_quiet_on_a_port(tmp_path: Path) -> None:
+    """On its own 20 tiles (in-sample: a check that the checkpoint is the one its card describes,
+    not a measure of skill) all 28 kilns are found, one site per kiln where two tiles overlap;
+    on Honolulu, a port it never saw, L2A bands B04, B03, B02, it raises no alarm."""
+    if "kilns-s2" not in shipped_models():
+        pytest.skip("kilns-s2 is not shipped in this tree")
+    tiles = sorted(KILNS.glob("*/*.tif"))
+    summary = detect(tiles, "kilns-s2", tmp_path / "tiles", DetectSettings(workers=2))
+    assert summary.plan.model.spec.score_threshold == 0.25
+    opts = LabelOptions(classes=("kiln",), skip_problems=True)
+    labels = read_labels(expand_label_files([str(KILNS / "*" / "labels.geojson")]), [r.scene for r in summary.results],
+                         opts)
+    report = evaluate([(r.scene, r.detections) for r in summary.results], labels.scenes, ("kiln",),
+                      EvalSettings(primary="distance", distance_m=30), 0.25)
+    place = report.places["kiln"]
+    assert (place.labels, place.counts.tp, place.counts.fn) == (28, 28, 0) and place.counts.fp <= 1
+    # a kiln seen in two overlapping tiles is one site
+    n_dets = sum(len(r.detections.get("scores", [])) for r in summary.results)
+    sites = CandidateStore.in_run_dir(tmp_path / "tiles").sites()
+    assert len(sites) == 28 + place.counts.fp < n_dets
+    port = detect([PORTS / "honolulu"], "kilns-s2", tmp_path / "port", DetectSettings(workers=2))
+    assert sum(len(r.detections.get("scores", [])) for r in port.results) == 0

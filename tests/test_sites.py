@@ -15,7 +15,7 @@ from sitewatch.imagery.scenes.georef import ground_distance_m
 from sitewatch.imagery.scenes.scene import open_scene
 
 LON0, LAT0 = 88.40, 22.60  # the Brick Belt, near Kolkata
-DEFAULTS = {"kiln": 100.0, "vessel": 50.0}
+DEFAULTS = {"kiln": 60.0, "vessel": 50.0}
 BANDS = ("B02", "B03", "B04", "B08")
 
 
@@ -42,7 +42,7 @@ def group(dets: list[tuple[str, str | None, float, float]], distances=None) -> t
 # --- the grouping arithmetic -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cls", "limit"), [("kiln", 100.0), ("vessel", 50.0)])
+@pytest.mark.parametrize(("cls", "limit"), [("kiln", 60.0), ("vessel", 50.0)])
 def test_distance_just_inside_joins_and_just_outside_does_not(cls, limit):
     inside = east(limit - 0.5)
     outside = east(limit + 0.5)
@@ -70,16 +70,16 @@ def test_classes_never_share_a_site():
 
 
 def test_site_point_is_the_running_mean_and_the_nearest_site_wins():
-    a, b = (LON0, LAT0), east(60.0)
-    c = east(120.0)
-    # b joins a (60 m); the point moves to 30 m; c is then 90 m from it and joins too.
+    a, b = (LON0, LAT0), east(40.0)
+    c = east(75.0)
+    # b joins a (40 m, within kilns' 60 m); the point moves to 20 m; c is then 55 m from it and joins too.
     which, sites = group([("kiln", None, *a), ("kiln", None, *b), ("kiln", None, *c)])
     assert which == [0, 0, 0]
     assert sites[0].lon == pytest.approx((a[0] + b[0] + c[0]) / 3, abs=1e-12)
-    assert float(ground_distance_m(LON0, LAT0, sites[0].lon, sites[0].lat)) == pytest.approx(60.0, abs=0.01)
-    # Two sites 150 m apart: a detection 60 m from the first and 90 m from the second joins the first.
-    far = east(150.0)
-    between = east(60.0)
+    assert float(ground_distance_m(LON0, LAT0, sites[0].lon, sites[0].lat)) == pytest.approx(115.0 / 3, abs=0.01)
+    # Two sites 100 m apart: a detection 40 m from the first and 60 m from the second joins the first.
+    far = east(100.0)
+    between = east(40.0)
     which, sites = group([("kiln", None, LON0, LAT0), ("kiln", None, *far), ("kiln", None, *between)])
     assert which == [0, 1, 0]
 
@@ -91,7 +91,7 @@ def test_configured_distance_changes_the_grouping():
 
 
 def test_site_distances_defaults_overrides_and_errors():
-    assert site_distances(["kiln", "vessel", "tower"]) == {"kiln": 100.0, "vessel": 50.0, "tower": 50.0}
+    assert site_distances(["kiln", "vessel", "tower"]) == {"kiln": 60.0, "vessel": 50.0, "tower": 50.0}
     assert site_distances(["kiln", "vessel"], {"kiln": 80}, {"kiln": 300, "vessel": 40}) == {"kiln": 80.0, "vessel": 40.0}
     assert parse_site_distances(["kiln=120", " vessel = 30.5 "]) == {"kiln": 120.0, "vessel": 30.5}
     for bad in (["kiln"], ["kiln=abc"], ["kiln=-5"], ["=5"], ["kiln=0"], ["kiln=nan"]):
