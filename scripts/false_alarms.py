@@ -35,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bands", default=None, help="bands in the model's order, as for sitewatch detect --bands")
     ap.add_argument("--score-threshold", type=float, default=None, help="[default: the model's]")
     ap.add_argument("--tta", action="store_true", help="average the heatmap over flipped tiles (as detect --tta)")
+    ap.add_argument("--nodata", type=float, default=None,
+                    help="no-data value of files that carry none (0 for Sentinel-2 L2A downloads without it)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     settings = DetectSettings(score_threshold=args.score_threshold, tta=True if args.tta else None,
-                              bands=tuple(args.bands.split(",")) if args.bands else None)
+                              bands=tuple(args.bands.split(",")) if args.bands else None, nodata=args.nodata)
     try:
         summary = detect(args.scenes, args.model, args.out, settings, overwrite=True)
     except SitewatchError as exc:

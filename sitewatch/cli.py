@@ -98,6 +98,9 @@ def cli() -> None:
 @click.option("--recursive", "-r", is_flag=True, help="Walk directories of scenes (and ** globs) into subdirectories.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first scene that fails (finished work is kept for a re-run).")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
+@click.option("--nodata", type=float, default=None, metavar="VALUE",
+              help="No-data value of scene files that carry none (0 for Sentinel-2 L2A downloads without it); "
+                   "files that carry one keep theirs.")
 @click.option("--runtime", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="Where the model runs: ONNX Runtime (faster on the CPU) or PyTorch; auto picks ONNX Runtime on the CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in --out.")
@@ -108,8 +111,8 @@ def cli() -> None:
                    "or the values of the run appended to].")
 def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None, overlap: int | None, batch_size: int,
            score_threshold: float | None, workers: int | None, tiles_per_task: int, bands: str | None,
-           scheduler: str | None, recursive: bool, fail_fast: bool, tta: bool | None, runtime: str, overwrite: bool, append: bool,
-           site_distance: tuple[str, ...]) -> None:
+           scheduler: str | None, recursive: bool, fail_fast: bool, tta: bool | None, nodata: float | None, runtime: str,
+           overwrite: bool, append: bool, site_distance: tuple[str, ...]) -> None:
     """Detect objects in scenes and write candidates.gpkg, detections.geojson, run.json, map.html and quicklooks/.
 
     \b
@@ -137,7 +140,7 @@ def detect(inputs: tuple[str, ...], model: str, out: Path, tile_size: int | None
 
     settings = DetectSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                               score_threshold=score_threshold, workers=workers, bands=_bands(bands),
-                              tiles_per_task=tiles_per_task, tta=tta, runtime=runtime)
+                              tiles_per_task=tiles_per_task, tta=tta, nodata=nodata, runtime=runtime)
     progress = _Progress(sys.stderr.isatty())
 
     def on_plan(p: Any) -> None:
@@ -441,11 +444,14 @@ def models(dirs: tuple[Path, ...]) -> None:
 @click.option("--bands", default=None, help="Bands to use, in the model's order: names (B02,B03,B04,B08) or 1-based indexes.")
 @click.option("--workers", type=int, default=None, help="Parallel workers [default: one per CPU core].")
 @click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles [default: the model's].")
+@click.option("--nodata", type=float, default=None, metavar="VALUE",
+              help="No-data value of scene files that carry none (0 for Sentinel-2 L2A downloads without it); "
+                   "files that carry one keep theirs.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
 def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out: Path, iou: float, distance_m: float,
              primary: str, score_threshold: float | None, class_property: str, point_box_m: float,
              labels_crs: str | None, skip_bad_labels: bool, coco_image: tuple[str, ...], class_map: tuple[str, ...],
-             bands: str | None, workers: int | None, tta: bool | None, overwrite: bool) -> None:
+             bands: str | None, workers: int | None, tta: bool | None, nodata: float | None, overwrite: bool) -> None:
     """Detect on labelled scenes and score the detections: precision, recall, F1 and AP per class.
 
     \b
@@ -467,7 +473,7 @@ def evaluate(inputs: tuple[str, ...], model: str, labels: tuple[Path, ...], out:
         report = run_evaluation(list(inputs), model, list(labels), out, settings, class_property=class_property,
                                 point_box_m=point_box_m, labels_crs=labels_crs, skip_bad_labels=skip_bad_labels,
                                 coco_bind=_bind(coco_image), class_map=_pairs(class_map, "--class-map", "LABEL_CLASS=MODEL_CLASS"),
-                                detect_settings=DetectSettings(workers=workers, bands=_bands(bands), tta=tta),
+                                detect_settings=DetectSettings(workers=workers, bands=_bands(bands), tta=tta, nodata=nodata),
                                 overwrite=overwrite, on_tiles=progress.tiles, on_plan=progress.plan)
     finally:
         progress.close()

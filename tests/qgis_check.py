@@ -26,7 +26,9 @@ from qgis.core import (  # noqa: E402 - after the platform is set
 def raster(path: str) -> dict[str, object]:
     layer = QgsRasterLayer(path, "raster", "gdal")
     return {"path": path, "valid": layer.isValid(), "bands": layer.bandCount() if layer.isValid() else 0,
-            "crs": layer.crs().authid(), "width": layer.width(), "height": layer.height()}
+            "crs": layer.crs().authid(), "width": layer.width(), "height": layer.height(),
+            "renderer": layer.renderer().type() if layer.isValid() else None,
+            "renderer_bands": list(layer.renderer().usesBands()) if layer.isValid() else []}
 
 
 def vectors(path: str) -> list[dict[str, object]]:

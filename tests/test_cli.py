@@ -96,6 +96,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> dic
         2,
         "--scheduler tcp://127.0.0.1:1",
     )
+    add("nodata_not_a_number", [scene], [*FAST, "--nodata", "nan"], 2, "--nodata nan", "finite number")
     add("overlap_too_big", [scene], ["--tile-size", "32", "--overlap", "32"], 2, "--overlap", "--tile-size")
     add("unknown_flag", [scene], ["--frobnicate"], 2, "--frobnicate", fresh=True)
     add("bad_value", [scene], ["--tile-size", "big"], 2, "--tile-size", "big", fresh=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET  # noqa: S405 - parses our own output
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ import rasterio
 import rasterio.warp
 import xarray as xr
 
-from sitewatch.imagery.candidates.density import density, getis_ord_star, grid_crs, parse_cell, write_density
+from sitewatch.imagery.candidates.density import (
+    count_classes,
+    density,
+    getis_ord_star,
+    grid_crs,
+    parse_cell,
+    write_density,
+)
 from sitewatch.imagery.candidates.store import CandidateStore
 from sitewatch.imagery.errors import OutputError, UsageError
 
@@ -89,6 +97,14 @@ def test_files_open_in_rasterio_xarray_and_gdal(store: CandidateStore, tmp_path:
         x, y = rasterio.warp.transform("EPSG:4326", src.crs, [LON0 + 10_650 * M_LON], [LAT0 + 10_650 * M_LAT])
         r, c = src.index(x[0], y[0])
         assert band[r, c] == 12 and src.read(3)[r, c] == 1
+    # QGIS's default style beside it: the count's classes and colours as on the web maps, 0 transparent
+    style = ET.parse(tif.with_suffix(".qml")).getroot()
+    renderer = style.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "singlebandpseudocolor" and renderer.get("band") == "1"
+    items = [(i.get("label"), i.get("alpha"), float(i.get("value", "nan"))) for i in style.iter("item")]
+    assert items == [("0", "0", 0.5), ("1-2", "255", 2.5), ("3", "255", 3.5), ("4", "255", 4.5), ("5-7", "255", 7.5),
+                     ("8-12", "255", 12.5)]
+    assert count_classes(9) == [(1, 2), (3, 4), (5, 6), (7, 9)]  # the review page's legend for 9 (docs/review-density.png)
     nc = write_density(ds, tmp_path / "d.nc")
     back = xr.open_dataset(nc)
     assert int(back["count"].sum()) == 21 and "crs_wkt" in back["spatial_ref"].attrs
@@ -345,7 +361,7 @@ def test_cli_writes_a_file_per_region_and_names_them(two_regions: CandidateStore
     assert ok.returncode == 0, ok.stderr
     assert "27 sites in 2 regions" in ok.stdout and f"r1 -> {tmp_path / 'd-r1.tif'}" in ok.stdout
     assert f"r2 -> {tmp_path / 'd-r2.tif'}" in ok.stdout and "EPSG:32642" in ok.stdout and "EPSG:32646" in ok.stdout
-    assert sorted(p.name for p in tmp_path.glob("d*")) == ["d-r1.tif", "d-r2.tif"]
+    assert sorted(p.name for p in tmp_path.glob("d*")) == ["d-r1.qml", "d-r1.tif", "d-r2.qml", "d-r2.tif"]
     one = cli("--out", str(tmp_path / "e.tif"), "--region", "r2")
     assert one.returncode == 0 and "(region r2 of 2): 20 sites" in one.stdout and (tmp_path / "e.tif").is_file()
     assert cli("--out", str(tmp_path / "d.gpkg")).returncode == 0 and (tmp_path / "d.gpkg").is_file()

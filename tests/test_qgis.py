@@ -89,6 +89,8 @@ def test_qgis_opens_the_density_raster_and_cells_and_the_store_with_spatial_inde
     assert not [line for line in noise if re.search(r"warning|error", line, re.I)], proc.stderr
     (raster,) = seen["rasters"]
     assert raster["valid"] and raster["bands"] >= 3 and raster["crs"].startswith("EPSG:326")
+    # the .qml beside it: the count in the web maps' classes, not count/z/hotspot as red/green/blue
+    assert (raster["renderer"], raster["renderer_bands"]) == ("singlebandpseudocolor", [1])
     layers = {(Path(v["path"]).name, v["layer"]): v for v in seen["vectors"]}
     cells = layers[("density.gpkg", "density")]
     assert cells["valid"] and cells["features"] > 0 and cells["crs"] == "EPSG:4326" and cells["spatial_index"]
@@ -117,3 +119,43 @@ def test_ogrinfo_reports_a_spatial_index_on_each_geometry_layer(run_dir: Path) -
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert re.search(r"HasSpatialIndex[^=\n]*= 1\b", proc.stdout), (layer, proc.stdout)
+
+
+SEN2SHIPS = HERE.parents[1] / "shared" / "data" / "sen2ships"
+
+
+def test_qgis_opens_the_density_of_a_run_over_real_ports(tmp_path: Path) -> None:
+    """Three real ports of ../shared, 900 km and more apart, so three regions: each region's density
+    GeoTIFF and the GeoPackage of every region's cells open valid in QGIS, with a spatial index."""
+    why = _has_qgis() or (None if SEN2SHIPS.is_dir() else "../shared/data/sen2ships is not present")
+    if why:
+        pytest.skip(why)
+    if "vessels-s2" not in shipped_models():
+        pytest.skip("vessels-s2 not shipped")
+    base = tmp_path
+    detect([SEN2SHIPS / p for p in ("casablanca", "algiers", "busan")], "vessels-s2", base / "run",
+           DetectSettings(workers=2), overwrite=True)
+    for out in ("d.tif", "d.gpkg"):
+        proc = subprocess.run([sys.executable, "-m", "sitewatch.cli", "density", str(base / "run"), "--cell", "1km",
+                               "--out", str(base / out)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    rasters = sorted(base.glob("d-r*.tif"))
+    assert len(rasters) == 3, rasters
+    args = [a for r in rasters for a in ("--raster", str(r))]
+    proc = subprocess.run([QGIS_PYTHON, str(HERE / "qgis_check.py"), *args, "--vector", str(base / "d.gpkg"),
+                           "--vector", str(base / "run" / "candidates.gpkg")],
+                          env=_qgis_env(), capture_output=True, text=True, timeout=300, cwd=base)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    noise = [line for line in proc.stderr.splitlines() if line.strip() and not OLD_GDAL_ON_1_4.search(line)]
+    assert not [line for line in noise if re.search(r"warning|error", line, re.I)], proc.stderr
+    assert len(seen["rasters"]) == 3
+    assert {r["crs"] for r in seen["rasters"]} == {"EPSG:32629", "EPSG:32631", "EPSG:32652"}  # each in its UTM zone
+    assert all(r["valid"] and r["bands"] >= 3 and r["renderer"] == "singlebandpseudocolor" for r in seen["rasters"])
+    layers = {(Path(v["path"]).name, v["layer"]): v for v in seen["vectors"]}
+    cells = layers[("d.gpkg", "density")]
+    assert cells["valid"] and cells["features"] > 0 and cells["spatial_index"]
+    for layer in GEOMETRY_LAYERS:
+        assert layers[("candidates.gpkg", layer)]["spatial_index"], layer
+    print(json.dumps({"rasters": [(Path(r["path"]).name, r["crs"], r["width"], r["height"]) for r in seen["rasters"]],
+                      "cells": cells["features"], "sites": layers[("candidates.gpkg", "sites")]["features"]}))

@@ -167,6 +167,18 @@ def _read_window(reader: SceneReader, scene: Scene, w: Window) -> tuple[np.ndarr
     return data, valid
 
 
+def _mirror_outside(data: np.ndarray, scene: Scene, w: Window) -> None:
+    """Fill a normalised chip's pixels past the raster's edges with the raster's mirrored, as detect fills
+    tiles past the scene's edge (:func:`sitewatch.imagery.detect.worker.mirror_padding`); they stay invalid."""
+    c0, r0 = max(w.col_off, 0), max(w.row_off, 0)
+    c1, r1 = min(w.col_off + w.size, scene.width), min(w.row_off + w.size, scene.height)
+    if c1 <= c0 or r1 <= r0 or (c0 == w.col_off and r0 == w.row_off and c1 - c0 == w.size and r1 - r0 == w.size):
+        return
+    x0, y0, x1, y1 = c0 - w.col_off, r0 - w.row_off, c1 - w.col_off, r1 - w.row_off
+    pads = ((0, 0), (y0, w.size - y1), (x0, w.size - x1))
+    data[:] = np.pad(data[:, y0:y1, x0:x1], pads, mode="symmetric")
+
+
 def read_chips(
     scene: Scene, windows: Sequence[Window], stats: SceneStats | SitewatchError, labels: SceneLabels, region: Region,
 ) -> list[Chip]:
@@ -184,6 +196,7 @@ def read_chips(
             else:
                 valid &= ~region.mask(w)
             data = apply(raw, stats.lo, stats.hi, valid)
+            _mirror_outside(data, scene, w)
             inside = np.zeros(len(centres), bool)
             if len(centres):
                 inside = ((centres[:, 0] >= w.col_off) & (centres[:, 0] < w.col_off + w.size)

@@ -56,6 +56,8 @@ class ModelConfig(_Section):
     overlap: int = Field(64, ge=0, validate_default=True)
     #: Largest box side in pixels the model may report.
     max_box_px: float = Field(256.0, gt=0)
+    #: Drop detections whose box, grown by this many pixels, touches no-data inside the scene.
+    nodata_margin_px: float = Field(0.0, ge=0)
     tta: bool = False
 
     @field_validator("classes", "bands")

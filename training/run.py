@@ -189,7 +189,7 @@ def _spec(cfg: Config, threshold: float, created: str) -> ModelSpec:
         name=m.name, version=m.version, arch=m.arch, classes=tuple(m.classes), bands=tuple(m.bands),
         normalisation=Normalisation(**m.normalisation.model_dump()), arch_params=dict(m.arch_params),
         tile_size=m.tile_size, overlap=m.overlap, score_threshold=threshold, pixel_size_m=m.pixel_size_m,
-        tta=m.tta, max_box_px=m.max_box_px, created=created, description=m.description,
+        tta=m.tta, max_box_px=m.max_box_px, nodata_margin_px=m.nodata_margin_px, created=created, description=m.description,
     )
 
 

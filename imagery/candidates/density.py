@@ -514,7 +514,8 @@ def write_density(ds: Any, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write :func:`density`'s grid as GeoTIFF, NetCDF, GeoJSON or GeoPackage (by ``out``'s suffix).
 
     GeoTIFF: ``count``, ``gi_z`` and ``hotspot`` bands for each layer, named in the band
-    descriptions. GeoJSON/GeoPackage: one polygon (EPSG:4326) per cell and layer that holds
+    descriptions, and beside it a QGIS style (``d.qml``, :func:`qgis_raster_style`) that QGIS
+    opens it with. GeoJSON/GeoPackage: one polygon (EPSG:4326) per cell and layer that holds
     a site or is a hot or cold spot, with ``region``, ``layer``, ``class``, ``date``,
     ``count``, ``gi_z``, ``gi_p``, ``hotspot`` (``hot``, ``cold`` or empty) and ``grid_crs``.
     Written under a temporary name, then renamed: an existing file is never half-replaced.
@@ -553,16 +554,19 @@ def write_density_regions(grids: Mapping[str, Any], out: str | Path, *, overwrit
     files: dict[Path, list[Any]] = {}
     for name, ds in grids.items():
         files.setdefault(paths[name], []).append(ds)
-    for path in files:
+    for path in [*files, *(p.with_suffix(".qml") for p in files if fmt == "gtiff")]:
         if path.is_dir():
             raise OutputError(f"--out {path}: is a directory; name a file")
         if path.exists() and not overwrite:
             raise OutputError(f"--out {path}: already exists; pass --overwrite to replace it or choose another file")
     tmps = {path: path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}") for path in files}
+    if fmt == "gtiff":  # QGIS's default style of each GeoTIFF, beside it
+        tmps.update({path.with_suffix(".qml"): path.with_name(f".{path.stem}.{os.getpid()}.tmp.qml") for path in files})
     try:
         for path, dss in files.items():
             if fmt == "gtiff":
                 _write_gtiff(dss[0], tmps[path])
+                tmps[path.with_suffix(".qml")].write_text(qgis_raster_style(dss[0]))
             elif fmt == "netcdf":
                 dss[0].to_netcdf(tmps[path], engine="scipy")
             else:
@@ -602,6 +606,46 @@ def _write_gtiff(ds: Any, path: Path) -> None:
             tags.update(region=str(ds.attrs["region"]), regions=str(ds.attrs["regions"]),
                         region_gap_m=str(ds.attrs["region_gap_m"]), region_bounds=str(ds.attrs["region_bounds"]))
         dst.update_tags(**tags)
+
+
+#: The density ramp of the web maps (imagery/webmap/static/maplayers.js), light to dark.
+RAMP = ("#ffffb2", "#fecc5c", "#fd8d3c", "#f03b20", "#bd0026")
+
+
+def count_classes(max_count: int) -> list[tuple[int, int]]:
+    """Class limits ``(lo, hi)`` of the density ramp for counts ``1..max_count``, as the web maps draw them."""
+    top = max(1, int(max_count))
+    cuts: list[int] = []
+    for k in range(1, len(RAMP) + 1):
+        v = max(1, round(top ** (k / len(RAMP))))
+        if not cuts or v > cuts[-1]:
+            cuts.append(v)
+    return [(lo, hi) for lo, hi in zip([1] + [c + 1 for c in cuts[:-1]], cuts, strict=True)]
+
+
+def qgis_raster_style(ds: Any) -> str:
+    """A QGIS style (QML) for a density GeoTIFF: its first band, the count, in the web maps' classes and
+    colours, empty cells transparent. QGIS loads ``d.qml`` beside ``d.tif`` as the layer's default style;
+    without it QGIS draws the first three bands (count, Gi* z, hotspot) as red, green and blue."""
+    counts = ds["count"].isel(layer=0).values
+    classes = count_classes(int(np.nanmax(counts)) if counts.size else 1)
+    n = len(classes)
+    items = ['          <item alpha="0" value="0.5" label="0" color="#ffffff"/>']
+    for i, (lo, hi) in enumerate(classes):
+        colour = RAMP[round(i * (len(RAMP) - 1) / max(n - 1, 1))]
+        label = str(lo) if lo == hi else f"{lo}-{hi}"
+        items.append(f'          <item alpha="255" value="{hi + 0.5}" label="{label}" color="{colour}"/>')
+    top = classes[-1][1] + 0.5
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.22.0" styleCategories="Symbology">\n  <pipe>\n'
+        f'    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="0.8" alphaBand="-1" '
+        f'classificationMin="0" classificationMax="{top}">\n'
+        '      <rastershader>\n'
+        f'        <colorrampshader colorRampType="DISCRETE" classificationMode="1" clip="0" minimumValue="0" '
+        f'maximumValue="{top}">\n' + "\n".join(items) + "\n"
+        "        </colorrampshader>\n      </rastershader>\n    </rasterrenderer>\n  </pipe>\n</qgis>\n"
+    )
 
 
 def cell_features(ds: Any) -> list[dict[str, Any]]:

@@ -47,7 +47,7 @@ from sitewatch.imagery.models.registry import resolve_model
 from sitewatch.imagery.scenes.arrays import chunk_warning, is_dataarray, scene_from_dataarray
 from sitewatch.imagery.scenes.georef import ground_pixel_m
 from sitewatch.imagery.scenes.inputs import expand_inputs, open_input
-from sitewatch.imagery.scenes.scene import Scene
+from sitewatch.imagery.scenes.scene import Scene, with_nodata
 from sitewatch.imagery.scenes.tiling import TileGrid
 
 __all__ = ["DetectSettings", "Plan", "RunSummary", "SceneResult", "Task", "detect", "plan"]
@@ -92,7 +92,7 @@ def plan(inputs: SceneInputs, model: str | Path, settings: DetectSettings, *,
             continue
         for item in expand_inputs(group, recursive=recursive):
             try:
-                scenes.append(open_input(item, loaded.spec.bands, s.bands))
+                scenes.append(with_nodata(open_input(item, loaded.spec.bands, s.bands), s.nodata))
             except InputError as exc:
                 if not skip_unopenable:
                     raise

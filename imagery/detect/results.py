@@ -7,6 +7,7 @@ so that neither needs the other's module.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,9 @@ class DetectSettings:
     tiles_per_task: int = 8
     nms_iou: float = 0.4
     tta: bool | None = None
+    #: The value that marks no data in scene files that carry no nodata value of their own
+    #: (0 for Sentinel-2 L2A downloads without the tag); files that carry one keep theirs.
+    nodata: float | None = None
     #: ``auto`` (ONNX Runtime on the CPU where installed), ``onnx`` or ``torch``; see :mod:`sitewatch.imagery.models.runtime`.
     runtime: str = "auto"
 
@@ -64,6 +68,8 @@ class DetectSettings:
             raise UsageError(f"--score-threshold {s.score_threshold}: must be between 0 and 1")
         if s.workers is not None and s.workers < 1:
             raise UsageError(f"--workers {s.workers}: must be at least 1")
+        if s.nodata is not None and not math.isfinite(s.nodata):
+            raise UsageError(f"--nodata {s.nodata}: give a finite number (the value of no-data pixels in every band)")
         if s.tiles_per_task < 1:
             raise UsageError(f"tiles per task {s.tiles_per_task}: must be at least 1")
         return s

@@ -16,7 +16,7 @@ import torch
 
 from sitewatch.imagery.errors import CheckpointError, SitewatchError
 from sitewatch.imagery.models.checkpoint import LoadedModel, bytes_sha256, file_sha256, load_checkpoint
-from sitewatch.imagery.models.inference import predict
+from sitewatch.imagery.models.inference import predict, touches_nodata
 from sitewatch.imagery.models.runtime import inference_model
 from sitewatch.imagery.scenes.georef import box_corners, pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.normalise import Normalisation, apply
@@ -211,13 +211,16 @@ def detect_block(
     batch = np.empty((batch_size, len(scene.bands), size, size), dtype=np.float32)
     batch_valid = np.empty((batch_size, size, size), dtype=bool)
     pending: list[Tile] = []
+    margin = lm.spec.nodata_margin_px
 
     def flush() -> None:
         n = len(pending)
         dets = predict(net, batch[:n], batch_valid[:n], score_threshold, tta, lm.spec.max_box_px)
-        for tile, det in zip(pending, dets, strict=True):
+        for k, (tile, det) in enumerate(zip(pending, dets, strict=True)):
             b = det.boxes + np.array([tile.col_off, tile.row_off] * 2, dtype=float)
             keep = in_core(tile, b)
+            if margin > 0 and keep.any():
+                keep &= ~touches_nodata(det.boxes, _scene_nodata(batch_valid[k], tile, scene), margin)
             kept_boxes.append(b[keep])
             kept_scores.append(det.scores[keep])
             kept_labels.append(det.labels[keep])
@@ -235,6 +238,7 @@ def detect_block(
                 continue
             k = len(pending)
             apply(data, stats.lo, stats.hi, valid, out=batch[k])
+            mirror_padding(batch[k], *tile.clipped(scene.width, scene.height)[2:])
             batch_valid[k] = valid
             pending.append(tile)
             if len(pending) >= batch_size:
@@ -246,3 +250,25 @@ def detect_block(
     else:
         dets = empty_detections()
     return BlockResult(dets, len(tiles), skipped, failed, tuple(errors))
+
+
+def _scene_nodata(valid: np.ndarray, tile: Tile, scene: Scene) -> np.ndarray:
+    """A tile's no-data mask within the scene: the padding beyond the scene's edge is left out."""
+    _, _, w, h = tile.clipped(scene.width, scene.height)
+    nodata = np.zeros_like(valid)
+    nodata[:h, :w] = ~valid[:h, :w]
+    return nodata
+
+
+def mirror_padding(tile: np.ndarray, width: int, height: int) -> None:
+    """Fill a ``(bands, size, size)`` tile's padding past the scene's right and bottom edges, in place,
+    with the scene's pixels mirrored at the edge.
+
+    Zero padding draws a hard edge along the scene's border, which small-object models take for
+    objects (a kiln model fired on beaches cut by a scene's edge); a mirror continues the ground.
+    The padding stays invalid, so nothing is detected in it.
+    """
+    size_h, size_w = tile.shape[1:]
+    if (width >= size_w and height >= size_h) or width < 1 or height < 1:
+        return
+    tile[:] = np.pad(tile[:, :height, :width], ((0, 0), (0, size_h - height), (0, size_w - width)), mode="symmetric")

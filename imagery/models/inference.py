@@ -40,3 +40,23 @@ def predict(
             prob = prob + torch.sigmoid(model(torch.flip(x, dims))[0]).flip(dims)
         heat = torch.logit(prob / 3, eps=1e-6)
     return decode(heat.cpu(), size.cpu(), offset.cpu(), torch.from_numpy(valid), score_threshold, stride=stride, max_box=max_box)
+
+
+def touches_nodata(boxes: np.ndarray, nodata: np.ndarray, margin: float) -> np.ndarray:
+    """Which ``(K, 4)`` pixel boxes ``x0, y0, x1, y1``, grown by ``margin`` pixels, overlap ``nodata``.
+
+    ``nodata`` is a ``(H, W)`` boolean mask of no-data pixels in the boxes' pixel coordinates
+    (leave padding beyond the scene out of it: an object at the scene's edge is not cut by no-data).
+    """
+    hit = np.zeros(len(boxes), dtype=bool)
+    if not len(boxes) or not nodata.any():
+        return hit
+    h, w = nodata.shape
+    # A summed-area table answers "any no-data in this rectangle" in O(1) per box.
+    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
+    sat[1:, 1:] = nodata.cumsum(0).cumsum(1)
+    x0 = np.clip(np.floor(boxes[:, 0] - margin), 0, w).astype(np.intp)
+    y0 = np.clip(np.floor(boxes[:, 1] - margin), 0, h).astype(np.intp)
+    x1 = np.clip(np.ceil(boxes[:, 2] + margin), 0, w).astype(np.intp)
+    y1 = np.clip(np.ceil(boxes[:, 3] + margin), 0, h).astype(np.intp)
+    return (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) > 0

@@ -41,6 +41,10 @@ class ModelSpec:
     tta: bool = False
     #: Largest box side in pixels the model may report (about 1.5x the largest label).
     max_box_px: float = 256.0
+    #: Drop a detection whose box, grown by this many pixels, touches no-data inside the scene
+    #: (0: keep all). The bright or dark strip along a scene's no-data edge fools small-object
+    #: models, and an object cut by no-data cannot be checked by a reviewer anyway.
+    nodata_margin_px: float = 0.0
     created: str = ""
     description: str = ""
 

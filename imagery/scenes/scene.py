@@ -186,6 +186,17 @@ class Scene:
         return float(math.sqrt(abs(a.a * a.e - a.b * a.d)))
 
 
+def with_nodata(scene: Scene, nodata: float | None) -> Scene:
+    """``scene`` with ``nodata`` as the no-data value of its files that carry none (``None``: as it is).
+
+    Files that carry a nodata value keep theirs; an array scene keeps its own (set it on the
+    array: ``da.rio.write_nodata(0)``).
+    """
+    if nodata is None or scene.array is not None or scene.nodata is not None:
+        return scene
+    return replace(scene, nodata=float(nodata))
+
+
 def canonical_band(name: str) -> str:
     """A band name for matching: upper case, colour names as their Sentinel-2 band (``red`` -> ``B04``)."""
     upper = name.strip().upper()
@@ -578,7 +589,7 @@ class SceneReader:
                 ) from None
             out[ks] = data
             floats = floats or data.dtype.kind == "f"
-            nd = ds.nodata
+            nd = ds.nodata if ds.nodata is not None else self.scene.nodata
             if nd is None or (isinstance(nd, float) and math.isnan(nd)):
                 has_nodata = False
             elif has_nodata:
@@ -687,7 +698,7 @@ class SceneReader:
                     "or damaged: re-download or re-export it",
                 ) from None
             out[k] = data
-            nd = ds.nodata
+            nd = ds.nodata if ds.nodata is not None else s.nodata
             if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
                 nodata_all &= data == nd
             else:
