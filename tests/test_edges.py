@@ -114,3 +114,10 @@ def test_nodata_margin_drops_boxes_that_touch_nodata(tmp_path: Path) -> None:
     assert counts[0, "demo"] > 0 and counts[40, "demo"] > 0
     assert counts[0, "wide"] == counts[0, "demo"]
     assert counts[40, "wide"] == 0
+
+
+def test_checkpoints_without_edge_padding_keep_zero_padding() -> None:
+    """Models measured before sitewatch mirrored keep the padding they were measured with."""
+    for name in ("demo", "vessels-s2", "kilns-s2"):
+        spec = load_checkpoint(resolve_model(name)).spec
+        assert spec.edge_padding == "zero" and spec.nodata_margin_px == 0, name

@@ -73,6 +73,7 @@ def test_model_directory_is_complete_and_detect_uses_it(data: dict[str, Path], t
     spec = load_checkpoint(out / "model.pt").spec
     assert spec.classes == ("vessel", "kiln") and spec.bands == ("B02", "B03", "B04", "B08")
     assert spec.tile_size == 128 and 0 < spec.score_threshold <= 1
+    assert spec.edge_padding == "mirror" and spec.nodata_margin_px == 0  # new models mirror past the scene's edge
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and len(metrics["history"]) == 2
     assert metrics["labels"]["class:vessel"] == 15 and metrics["labels"]["class:kiln"] == 6

@@ -181,6 +181,7 @@ def _mirror_outside(data: np.ndarray, scene: Scene, w: Window) -> None:
 
 def read_chips(
     scene: Scene, windows: Sequence[Window], stats: SceneStats | SitewatchError, labels: SceneLabels, region: Region,
+    edge_padding: str = "mirror",
 ) -> list[Chip]:
     """Read, normalise and label a block of windows of one scene (runs in a Dask task)."""
     if isinstance(stats, SitewatchError):
@@ -196,7 +197,8 @@ def read_chips(
             else:
                 valid &= ~region.mask(w)
             data = apply(raw, stats.lo, stats.hi, valid)
-            _mirror_outside(data, scene, w)
+            if edge_padding == "mirror":
+                _mirror_outside(data, scene, w)
             inside = np.zeros(len(centres), bool)
             if len(centres):
                 inside = ((centres[:, 0] >= w.col_off) & (centres[:, 0] < w.col_off + w.size)
@@ -216,8 +218,12 @@ def build_chips(
     truth: Sequence[SceneLabels], regions: Sequence[Region], norm: Normalisation, band_names: Sequence[str],
     window: int, negatives_per_scene: int | Sequence[int], val_tile: int, seed: int, workers: int = 1,
     windows_per_task: int = 32, on_chips: Callable[[int], None] | None = None, scheduler: Any = None,
+    edge_padding: str = "mirror",
 ) -> tuple[list[Chip], list[Chip]]:
     """Plan and read every training and validation window with Dask (local threads by default).
+
+    A window's pixels past its scene's edge are the scene mirrored at the edge (``edge_padding``
+    ``mirror``, as detect fills its edge tiles) or zeros (``zero``); they are invalid either way.
 
     Returns ``(train_chips, val_chips)`` in a deterministic order.
 
@@ -230,7 +236,8 @@ def build_chips(
         stats = dask.delayed(scene_stats, pure=True)(sl.scene, norm, tuple(band_names))
         mine = [w for w in train_w + val_w if w.scene == si]
         for i in range(0, len(mine), windows_per_task):
-            tasks.append(dask.delayed(read_chips, pure=True)(sl.scene, mine[i : i + windows_per_task], stats, sl, regions[si]))
+            tasks.append(dask.delayed(read_chips, pure=True)(sl.scene, mine[i : i + windows_per_task], stats, sl, regions[si],
+                                                             edge_padding))
     from dask.callbacks import Callback
 
     class _Progress(Callback):  # type: ignore[misc]

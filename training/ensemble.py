@@ -28,7 +28,7 @@ from sitewatch.training.export import save_model_dir
 
 #: Spec fields that must agree between members: what the members see and what they report.
 MUST_MATCH = ("arch", "classes", "bands", "normalisation", "arch_params", "tile_size", "overlap",
-              "pixel_size_m", "max_box_px")
+              "pixel_size_m", "max_box_px", "edge_padding")
 
 
 def combine(

@@ -189,7 +189,7 @@ def _spec(cfg: Config, threshold: float, created: str) -> ModelSpec:
         name=m.name, version=m.version, arch=m.arch, classes=tuple(m.classes), bands=tuple(m.bands),
         normalisation=Normalisation(**m.normalisation.model_dump()), arch_params=dict(m.arch_params),
         tile_size=m.tile_size, overlap=m.overlap, score_threshold=threshold, pixel_size_m=m.pixel_size_m,
-        tta=m.tta, max_box_px=m.max_box_px, nodata_margin_px=m.nodata_margin_px, created=created, description=m.description,
+        tta=m.tta, max_box_px=m.max_box_px, nodata_margin_px=m.nodata_margin_px, edge_padding=m.edge_padding, created=created, description=m.description,
     )
 
 
@@ -440,7 +440,8 @@ def run_training(
     norm = Normalisation(**m.normalisation.model_dump())
     prog.stage("reading chips", None)
     train_chips, val_chips = build_chips(truth, regions, norm, m.bands, window, background,
-                                         m.tile_size, cfg.split.seed, workers=workers, on_chips=prog.advance)
+                                         m.tile_size, cfg.split.seed, workers=workers, on_chips=prog.advance,
+                                         edge_padding=m.edge_padding)
     if not train_chips:
         raise InputError(paths[0], "no training windows: every labelled scene went to validation; lower split.val_fraction")
     aug = Augment(**cfg.augment.model_dump())

@@ -212,6 +212,7 @@ def detect_block(
     batch_valid = np.empty((batch_size, size, size), dtype=bool)
     pending: list[Tile] = []
     margin = lm.spec.nodata_margin_px
+    mirror = lm.spec.edge_padding == "mirror"
 
     def flush() -> None:
         n = len(pending)
@@ -238,7 +239,8 @@ def detect_block(
                 continue
             k = len(pending)
             apply(data, stats.lo, stats.hi, valid, out=batch[k])
-            mirror_padding(batch[k], *tile.clipped(scene.width, scene.height)[2:])
+            if mirror:
+                mirror_padding(batch[k], *tile.clipped(scene.width, scene.height)[2:])
             batch_valid[k] = valid
             pending.append(tile)
             if len(pending) >= batch_size:

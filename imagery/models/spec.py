@@ -13,7 +13,7 @@ import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sitewatch.imagery.errors import CheckpointError
 from sitewatch.imagery.scenes.normalise import Normalisation
@@ -45,6 +45,10 @@ class ModelSpec:
     #: (0: keep all). The bright or dark strip along a scene's no-data edge fools small-object
     #: models, and an object cut by no-data cannot be checked by a reviewer anyway.
     nodata_margin_px: float = 0.0
+    #: What fills an edge tile past the scene: ``mirror`` (the scene mirrored at its edge, as the model's
+    #: training chips were) or ``zero`` (models trained before sitewatch mirrored: their checkpoints
+    #: carry no value, so they keep the padding they were measured with).
+    edge_padding: Literal["mirror", "zero"] = "zero"
     created: str = ""
     description: str = ""
 
