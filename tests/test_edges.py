@@ -121,3 +121,21 @@ def test_checkpoints_without_edge_padding_keep_zero_padding() -> None:
     for name in ("demo", "vessels-s2", "kilns-s2"):
         spec = load_checkpoint(resolve_model(name)).spec
         assert spec.edge_padding == "zero" and spec.nodata_margin_px == 0, name
+
+
+def test_the_loss_leaves_cells_without_a_valid_pixel_unsupervised() -> None:
+    """Mirrored padding can hold an object's mirror image: with ``valid`` in the targets, a confident
+    heatmap there costs nothing, while the same heat on valid ground is a false positive's loss."""
+    import torch
+
+    from sitewatch.training.targets import centernet_loss, make_targets
+
+    t = {k: torch.from_numpy(v)[None] for k, v in make_targets(np.zeros((0, 4)), np.zeros(0, int), 1, 16, 2).items()}
+    heat = torch.full((1, 1, 8, 8), -8.0)
+    heat[0, 0, 6, 6] = 6.0  # confident in the bottom-right corner
+    size, off = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
+    plain = centernet_loss(heat, size, off, t)[1]["focal"]
+    valid = torch.ones(1, 8, 8)
+    valid[0, 5:, 5:] = 0  # the corner is padding
+    masked = centernet_loss(heat, size, off, {**t, "valid": valid})[1]["focal"]
+    assert plain > 1.0 and masked < 0.01 * plain

@@ -73,7 +73,7 @@ def test_model_directory_is_complete_and_detect_uses_it(data: dict[str, Path], t
     spec = load_checkpoint(out / "model.pt").spec
     assert spec.classes == ("vessel", "kiln") and spec.bands == ("B02", "B03", "B04", "B08")
     assert spec.tile_size == 128 and 0 < spec.score_threshold <= 1
-    assert spec.edge_padding == "mirror" and spec.nodata_margin_px == 0  # new models mirror past the scene's edge
+    assert spec.edge_padding == "zero" and spec.nodata_margin_px == 0  # mirror only when the config asks
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and len(metrics["history"]) == 2
     assert metrics["labels"]["class:vessel"] == 15 and metrics["labels"]["class:kiln"] == 6
@@ -306,3 +306,14 @@ def test_list_options_of_train_take_every_value_after_them() -> None:
     assert ctx.params["images"] == ("a", "b") and ctx.params["negatives"] == ("n1", "n2")
     assert ctx.params["more_images"] == ("-odd.tif",)
     assert spread_list_options(["--set", "a=1", "b", "--x", "c"], {"--x"}) == ["--set", "a=1", "b", "--x", "c"]
+
+
+def test_mirror_edge_padding_trains_and_is_recorded(data: dict[str, Path], tmp_path: Path) -> None:
+    """model.edge_padding: mirror reaches the checkpoint, so detect fills edge tiles as training did."""
+    _train(data, tmp_path / "m", "model.edge_padding=mirror", "train.epochs=1")
+    spec = load_checkpoint(tmp_path / "m" / "model.pt").spec
+    assert spec.edge_padding == "mirror"
+    summary = detect([data["scenes"] / "s0.tif"], tmp_path / "m" / "model.pt", tmp_path / "run", DetectSettings(workers=1))
+    assert summary.results[0].stats is not None and not summary.failed_scenes
+    with pytest.raises(UsageError, match="edge_padding"):
+        load_config(data["config"], [parse_override("model.edge_padding=reflect")])

@@ -181,7 +181,7 @@ def _mirror_outside(data: np.ndarray, scene: Scene, w: Window) -> None:
 
 def read_chips(
     scene: Scene, windows: Sequence[Window], stats: SceneStats | SitewatchError, labels: SceneLabels, region: Region,
-    edge_padding: str = "mirror",
+    edge_padding: str = "zero",
 ) -> list[Chip]:
     """Read, normalise and label a block of windows of one scene (runs in a Dask task)."""
     if isinstance(stats, SitewatchError):
@@ -218,7 +218,7 @@ def build_chips(
     truth: Sequence[SceneLabels], regions: Sequence[Region], norm: Normalisation, band_names: Sequence[str],
     window: int, negatives_per_scene: int | Sequence[int], val_tile: int, seed: int, workers: int = 1,
     windows_per_task: int = 32, on_chips: Callable[[int], None] | None = None, scheduler: Any = None,
-    edge_padding: str = "mirror",
+    edge_padding: str = "zero",
 ) -> tuple[list[Chip], list[Chip]]:
     """Plan and read every training and validation window with Dask (local threads by default).
 

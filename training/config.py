@@ -58,9 +58,10 @@ class ModelConfig(_Section):
     max_box_px: float = Field(256.0, gt=0)
     #: Drop detections whose box, grown by this many pixels, touches no-data inside the scene.
     nodata_margin_px: float = Field(0.0, ge=0)
-    #: What fills training chips and detection tiles past a scene's edge: the scene mirrored at the edge
-    #: (zero padding draws an edge that small-object models take for objects), or zeros as before 2026-12.
-    edge_padding: Literal["mirror", "zero"] = "mirror"
+    #: What fills training chips and detection tiles past a scene's edge: zeros, or the scene mirrored at
+    #: the edge (``mirror``: zero padding draws an edge that small-object models can take for objects;
+    #: the mirrored pixels are left out of the loss).
+    edge_padding: Literal["mirror", "zero"] = "zero"
     tta: bool = False
 
     @field_validator("classes", "bands")

@@ -68,7 +68,7 @@ class ChipSampler:
     """
 
     def __init__(self, chips: list[Chip], size: int, pos_fraction: float = 0.6,
-                 augment: Augment | None = None, hard_fraction: float = 0.25) -> None:
+                 augment: Augment | None = None, hard_fraction: float = 0.25, zero_invalid: bool = True) -> None:
         if not chips:
             raise ValueError("no training windows")
         self.chips = chips
@@ -76,6 +76,9 @@ class ChipSampler:
         self.pos_fraction = pos_fraction
         self.hard_fraction = hard_fraction
         self.augment = augment or Augment()
+        #: Zero invalid pixels after augmentation; ``False`` keeps a window's mirrored padding past its
+        #: scene (``model.edge_padding: mirror``), which the loss then leaves unsupervised.
+        self.zero_invalid = zero_invalid
         self._objects = [(i, j) for i, c in enumerate(chips) if c.window.kind == "object" for j in range(len(c.anchors))]
         # Class balance: with several classes, objects of rare classes are drawn more often
         # (weight 1 / sqrt(class count)), so a class with few labels is not drowned out.
@@ -157,5 +160,6 @@ class ChipSampler:
             chip[c.missing] = 0.0
         if a.band_dropout and chip.shape[0] > 1 and rng.random() < a.band_dropout:
             chip[int(rng.integers(chip.shape[0]))] = 0.0
-        chip *= valid
+        if self.zero_invalid:
+            chip *= valid
         return chip, valid, boxes, labels

@@ -445,7 +445,8 @@ def run_training(
     if not train_chips:
         raise InputError(paths[0], "no training windows: every labelled scene went to validation; lower split.val_fraction")
     aug = Augment(**cfg.augment.model_dump())
-    sampler = ChipSampler(train_chips, chip, cfg.chips.pos_fraction, aug, cfg.chips.hard_fraction)
+    sampler = ChipSampler(train_chips, chip, cfg.chips.pos_fraction, aug, cfg.chips.hard_fraction,
+                          zero_invalid=m.edge_padding != "mirror")
     val_truth = _val_truth(truth, regions)
     dist_px = {si: cfg.evaluate.distance_m / _ground_px(truth[si].scene) for si in val_truth}
     has_val = bool(val_chips) and any(len(b) for b, _ in val_truth.values())
@@ -505,7 +506,8 @@ def run_training(
                 mined = mine_hard_negatives(model, train_chips, m.max_box_px)
                 sampler.set_mined(mined)
                 model.train()
-            x, t = make_batch(sampler, rng, cfg.train.batch_size, len(m.classes), stride)
+            x, t = make_batch(sampler, rng, cfg.train.batch_size, len(m.classes), stride,
+                              mask_invalid=m.edge_padding == "mirror")
             losses.append(train_step(model, opt, x, t, device))
             sched.step()
             prog.advance(1, loss=losses[-1])

@@ -60,6 +60,8 @@ def centernet_loss(
     pos = gt.eq(1).float()
     neg = 1 - pos
     pos_loss = torch.log(pred) * (1 - pred) ** 2 * pos
+    if "valid" in t:  # cells without a valid pixel (mirrored padding) are not background
+        neg = neg * t["valid"].unsqueeze(1)
     neg_loss = torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * neg
     npos = pos.sum().clamp(min=1.0)
     focal = -(pos_loss.sum() + neg_loss.sum()) / npos

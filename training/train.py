@@ -20,14 +20,23 @@ THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
 def make_batch(
-    sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: int, stride: int,
+    sampler: ChipSampler, rng: np.random.Generator, n: int, num_classes: int, stride: int, mask_invalid: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``n`` augmented chips and their dense CenterNet targets."""
+    """``n`` augmented chips and their dense CenterNet targets.
+
+    With ``mask_invalid`` the targets carry ``valid`` (heatmap cells with a valid pixel): the loss then
+    leaves the rest unsupervised, so a chip's mirrored padding past its scene is never "background".
+    """
     chips, targets = [], []
     for _ in range(n):
-        chip, _valid, boxes, labels = sampler.sample(rng)
+        chip, valid, boxes, labels = sampler.sample(rng)
         chips.append(chip)
-        targets.append(make_targets(boxes, labels, num_classes, sampler.size, stride))
+        target = make_targets(boxes, labels, num_classes, sampler.size, stride)
+        if mask_invalid:
+            out = sampler.size // stride
+            target["valid"] = valid[: out * stride, : out * stride].reshape(out, stride, out, stride).any(axis=(1, 3))
+            target["valid"] = target["valid"].astype(np.float32)
+        targets.append(target)
     x = torch.from_numpy(np.stack(chips))
     t = {k: torch.from_numpy(np.stack([d[k] for d in targets])) for k in targets[0]}
     return x, t
