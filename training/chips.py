@@ -168,8 +168,8 @@ def _read_window(reader: SceneReader, scene: Scene, w: Window) -> tuple[np.ndarr
 
 
 def _mirror_outside(data: np.ndarray, scene: Scene, w: Window) -> None:
-    """Fill a normalised chip's pixels past the raster's edges with the raster's mirrored, as detect fills
-    tiles past the scene's edge (:func:`sitewatch.imagery.detect.worker.mirror_padding`); they stay invalid."""
+    """Fill a normalised chip's pixels past the raster's edges with the raster mirrored at those edges, as
+    detect fills its edge tiles (:func:`sitewatch.imagery.detect.worker.mirror_padding`); they stay invalid."""
     c0, r0 = max(w.col_off, 0), max(w.row_off, 0)
     c1, r1 = min(w.col_off + w.size, scene.width), min(w.row_off + w.size, scene.height)
     if c1 <= c0 or r1 <= r0 or (c0 == w.col_off and r0 == w.row_off and c1 - c0 == w.size and r1 - r0 == w.size):

@@ -46,8 +46,8 @@ class ModelSpec:
     #: models, and an object cut by no-data cannot be checked by a reviewer anyway.
     nodata_margin_px: float = 0.0
     #: What fills an edge tile past the scene: ``mirror`` (the scene mirrored at its edge, as the model's
-    #: training chips were) or ``zero`` (models trained before sitewatch mirrored: their checkpoints
-    #: carry no value, so they keep the padding they were measured with).
+    #: training chips were) or ``zero`` (the default, and what checkpoints without the field were
+    #: trained with, so they keep the padding they were measured with).
     edge_padding: Literal["mirror", "zero"] = "zero"
     created: str = ""
     description: str = ""
