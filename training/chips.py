@@ -25,7 +25,7 @@ import numpy as np
 
 from sitewatch.imagery.detect.worker import SceneStats, scene_stats
 from sitewatch.imagery.errors import SitewatchError
-from sitewatch.imagery.scenes.normalise import Normalisation, apply
+from sitewatch.imagery.scenes.normalise import Normalisation, apply, mirror_beyond
 from sitewatch.imagery.scenes.scene import Scene, SceneReader
 from sitewatch.imagery.scenes.tiling import Tile, TileGrid
 from sitewatch.training.labels import SceneLabels
@@ -172,11 +172,7 @@ def _mirror_outside(data: np.ndarray, scene: Scene, w: Window) -> None:
     detect fills its edge tiles (:func:`sitewatch.imagery.detect.worker.mirror_padding`); they stay invalid."""
     c0, r0 = max(w.col_off, 0), max(w.row_off, 0)
     c1, r1 = min(w.col_off + w.size, scene.width), min(w.row_off + w.size, scene.height)
-    if c1 <= c0 or r1 <= r0 or (c0 == w.col_off and r0 == w.row_off and c1 - c0 == w.size and r1 - r0 == w.size):
-        return
-    x0, y0, x1, y1 = c0 - w.col_off, r0 - w.row_off, c1 - w.col_off, r1 - w.row_off
-    pads = ((0, 0), (y0, w.size - y1), (x0, w.size - x1))
-    data[:] = np.pad(data[:, y0:y1, x0:x1], pads, mode="symmetric")
+    mirror_beyond(data, c0 - w.col_off, r0 - w.row_off, c1 - w.col_off, r1 - w.row_off)
 
 
 def read_chips(

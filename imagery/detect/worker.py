@@ -19,7 +19,7 @@ from sitewatch.imagery.models.checkpoint import LoadedModel, bytes_sha256, file_
 from sitewatch.imagery.models.inference import predict, touches_nodata
 from sitewatch.imagery.models.runtime import inference_model
 from sitewatch.imagery.scenes.georef import box_corners, pixel_to_map, to_lonlat
-from sitewatch.imagery.scenes.normalise import Normalisation, apply
+from sitewatch.imagery.scenes.normalise import Normalisation, apply, mirror_beyond
 from sitewatch.imagery.scenes.quicklook import png_bytes, quicklook_rgb
 from sitewatch.imagery.scenes.scene import Scene, SceneReader
 from sitewatch.imagery.scenes.tiling import Tile
@@ -271,6 +271,4 @@ def mirror_padding(tile: np.ndarray, width: int, height: int) -> None:
     The padding stays invalid, so nothing is detected in it.
     """
     size_h, size_w = tile.shape[1:]
-    if (width >= size_w and height >= size_h) or width < 1 or height < 1:
-        return
-    tile[:] = np.pad(tile[:, :height, :width], ((0, 0), (0, size_h - height), (0, size_w - width)), mode="symmetric")
+    mirror_beyond(tile, 0, 0, min(width, size_w), min(height, size_h))

@@ -109,3 +109,12 @@ def apply(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray | 
     if valid is not None:
         np.multiply(out, valid, out=out)
     return out
+
+
+def mirror_beyond(data: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
+    """Fill a ``(bands, h, w)`` array's pixels outside the window ``[y0:y1, x0:x1]``, in place, with the
+    window mirrored at its edges (an edge tile or training chip reaching past its scene)."""
+    h, w = data.shape[1:]
+    if x1 <= x0 or y1 <= y0 or (x0, y0, x1, y1) == (0, 0, w, h):
+        return
+    data[:] = np.pad(data[:, y0:y1, x0:x1], ((0, 0), (y0, h - y1), (x0, w - x1)), mode="symmetric")
