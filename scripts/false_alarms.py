@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         valid = r.stats.valid_fraction if r.stats is not None else 1.0
         km2 = sc.width * sc.height * valid * px_m**2 / 1e6
         n = int(np.sum(np.asarray(r.detections.get("scores", []), dtype=float) >= threshold))
+        scores = np.asarray(r.detections.get("scores", []), dtype=float)
         rows.append({"scene": sc.name, "km2": round(km2, 1), "false_alarms": n,
-                     "per_100_km2": round(100 * n / km2, 3) if km2 else None})
+                     "per_100_km2": round(100 * n / km2, 3) if km2 else None,
+                     "by_threshold": {f"{t:.2f}": int(np.sum(scores >= t)) for t in _higher(threshold)}})
     total_km2 = sum(r["km2"] for r in rows)
     total = sum(r["false_alarms"] for r in rows)
     print(f"model {summary.plan.model.spec.name} v{summary.plan.model.spec.version}, score threshold {threshold:g}")
@@ -63,10 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['scene']:24} {r['km2']:8.1f} {r['false_alarms']:7d} {r['per_100_km2']:12.3f}")
     print(f"{'(all)':24} {total_km2:8.1f} {total:7d} {100 * total / total_km2:12.3f}")
+    by_threshold = {t: sum(r["by_threshold"][t] for r in rows) for t in rows[0]["by_threshold"]} if rows else {}
+    print("at higher thresholds (all scenes): " + ", ".join(
+        f"{t}: {n} ({100 * n / total_km2:.2f} per 100 km2)" for t, n in by_threshold.items()))
     if args.json:
         args.json.write_text(json.dumps({"threshold": threshold, "scenes": rows, "km2": total_km2, "false_alarms": total,
-                                         "per_100_km2": 100 * total / total_km2}, indent=1))
+                                         "per_100_km2": 100 * total / total_km2, "by_threshold": by_threshold},
+                                        indent=1))
     return 0
+
+
+def _higher(threshold: float) -> list[float]:
+    """The run's threshold and the 0.05 steps above it, up to 0.9 (alarms at each)."""
+    return [threshold] + [t / 100 for t in range(5, 95, 5) if t / 100 > threshold + 1e-9]
 
 
 if __name__ == "__main__":
