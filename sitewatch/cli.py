@@ -385,10 +385,12 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 def ensemble(models: tuple[str, ...], out: Path, name: str | None, version_: str | None, score_threshold: float | None,
              overwrite: bool) -> None:
-    """Combine models of one recipe trained with other seeds (--set train.seed=N) into one.
+    """Combine models trained apart into one: seeds of one recipe (--set train.seed=N), or
+    recipes with other encoders (a from-scratch centernet and an efficient-centernet).
 
     The ensemble averages its members' centre heatmaps: fewer false alarms, at one
-    forward pass per member.
+    forward pass per member. Members need the same classes, bands, normalisation, tiling
+    and output stride.
 
     \b
     sitewatch ensemble models/seed0 models/seed1 --out models/ensemble

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sitewatch.imagery.errors import ModelError, OutputError, UsageError
+from sitewatch.imagery.models.architectures import build_model
 from sitewatch.imagery.models.checkpoint import load_checkpoint, save_checkpoint
 from sitewatch.imagery.models.runtime import inference_model, onnx_available
 from sitewatch.training.ensemble import combine
@@ -56,6 +57,38 @@ def test_an_ensemble_runs_in_onnx_runtime_as_in_torch(tmp_path: Path, members: l
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+
+
+def _efficient(path: Path, seed: int, **params: int) -> Path:
+    """A tiny efficient-centernet (random weights) of tiny_spec's bands and classes."""
+    torch.manual_seed(seed)
+    params = {"head_width": 8, **params}
+    save_checkpoint(path, tiny_spec(arch="efficient-centernet", arch_params=params),
+                    build_model("efficient-centernet", 4, 2, params).eval())
+    return path
+
+
+def test_members_of_other_architectures_are_averaged_as_they_are(tmp_path: Path, members: list[Path]) -> None:
+    """A from-scratch centernet and an efficient-centernet of the same bands and tiling: the
+    ensemble rebuilds each member as it was and averages them, in torch and after a reload."""
+    eff = _efficient(tmp_path / "eff.pt", seed=3)
+    lm = combine([members[0], eff], tmp_path / "mixed")
+    assert lm.spec.arch_params["member_archs"] == ["centernet", "efficient-centernet"]
+    assert lm.model.pad_multiple == 32 and lm.model.stride == 2
+    parts = [load_checkpoint(members[0] / "model.pt").model, load_checkpoint(eff).model]
+    x = torch.randn(1, 4, 64, 96)
+    with torch.inference_mode():
+        heat, size, _ = lm.model(x)
+        outs = [p(x) for p in parts]
+    assert torch.allclose(torch.sigmoid(heat), torch.stack([torch.sigmoid(o[0]) for o in outs]).mean(0), atol=1e-6)
+    assert torch.allclose(size, (outs[0][1] + outs[1][1]) / 2, atol=1e-6)
+    card = (tmp_path / "mixed" / "model_card.md").read_text()
+    assert "`efficient-centernet`" in card and "`centernet`" in card
+    # a member whose heatmap has another output stride cannot be averaged cell by cell
+    coarse = _efficient(tmp_path / "coarse.pt", seed=4, out_stride=4)
+    with pytest.raises(ModelError, match="other output strides"):
+        combine([members[0], coarse], tmp_path / "strides")
+    assert not (tmp_path / "strides").exists()
 
 
 def test_models_that_do_not_fit_together_are_refused(tmp_path: Path, members: list[Path]) -> None:

@@ -1,4 +1,4 @@
-"""Combine models of one recipe, trained with other seeds, into one ensemble model.
+"""Combine models trained apart (other seeds of one recipe, or other encoders) into one ensemble model.
 
 Models trained from scratch on a few hundred objects differ a lot from seed to seed, and
 mostly in their false alarms; averaging their centre heatmaps ranks the objects they agree
@@ -8,6 +8,9 @@ at threshold 0.5 and their ensemble 0.59, with half the false alarms (AP 0.52 an
 athens, cartagena and klang the members gave 0.46 and 0.37 and the ensemble 0.44 (AP 0.41
 and 0.37 -> 0.43). So an ensemble is steadier than a single seed, not better than the
 luckiest one; it costs one forward pass per member.
+
+Members may differ in architecture: a from-scratch CenterNet and an ImageNet-encoder model
+of the same bands and tiling make a different kind of mistake (see the kilns-s2 model card).
 
     sitewatch ensemble models/seed0 models/seed1 --out models/ensemble
 """
@@ -21,14 +24,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from sitewatch.imagery.errors import ModelError, OutputError, UsageError
-from sitewatch.imagery.models.architectures import build_model
+from sitewatch.imagery.models.architectures import MEMBER_ARCHITECTURES, build_model
 from sitewatch.imagery.models.checkpoint import LoadedModel, ModelSpec, load_checkpoint
 from sitewatch.imagery.models.registry import CHECKPOINT_NAME, resolve_model
 from sitewatch.training.export import save_model_dir
 
 #: Spec fields that must agree between members: what the members see and what they report.
-MUST_MATCH = ("arch", "classes", "bands", "normalisation", "arch_params", "tile_size", "overlap",
-              "pixel_size_m", "max_box_px", "edge_padding")
+#: Their architectures may differ (a from-scratch CenterNet beside an ImageNet encoder's) as long
+#: as their heatmaps have one output stride.
+MUST_MATCH = ("classes", "bands", "normalisation", "tile_size", "overlap", "pixel_size_m", "max_box_px",
+              "edge_padding")
 
 
 def combine(
@@ -43,9 +48,10 @@ def combine(
     """Write a model directory ``out`` holding one ``centernet-ensemble`` of ``models``.
 
     Args:
-        models: two or more shipped model names, model directories or checkpoints, all
-            ``centernet`` models of one recipe (same classes, bands, normalisation,
-            architecture parameters and tiling).
+        models: two or more shipped model names, model directories or checkpoints:
+            ``centernet`` or ``efficient-centernet`` models with the same classes, bands,
+            normalisation and tiling and one output stride (seeds of one recipe, or recipes
+            with other encoders).
         out: the model directory to write (``model.pt``, ``model_card.md``, ``metrics.json``).
         name, version: of the ensemble (default: the first member's).
         score_threshold: the ensemble's default threshold (default: the first member's).
@@ -69,9 +75,9 @@ def combine(
     members = [load_checkpoint(resolve_model(m)) for m in models]
     first = members[0]
     for m in members:
-        if m.spec.arch != "centernet":
-            raise ModelError(f"{m.path}: is a {m.spec.arch} model; only centernet models can be combined "
-                             "(combine an ensemble's own members instead)")
+        if m.spec.arch not in MEMBER_ARCHITECTURES:
+            raise ModelError(f"{m.path}: is a {m.spec.arch} model; only {' and '.join(MEMBER_ARCHITECTURES)} models "
+                             "can be combined (combine an ensemble's own members instead)")
     for m in members[1:]:
         for key in MUST_MATCH:
             a, b = getattr(first.spec, key), getattr(m.spec, key)
@@ -83,10 +89,19 @@ def combine(
         if m.checksum in seen:
             raise ModelError(f"{m.path}: is the same model as {seen[m.checksum]}; combine models trained with other seeds")
         seen[m.checksum] = m.path
+    strides = {m.model.stride for m in members}
+    if len(strides) != 1:
+        raise ModelError(f"{', '.join(m.path for m in members)}: their heatmaps have other output strides "
+                         f"({', '.join(str(m.model.stride) for m in members)}); combine models of one stride")
+    if all(m.spec.arch == "centernet" and m.spec.arch_params == first.spec.arch_params for m in members):
+        arch_params = {**first.spec.arch_params, "members": len(members)}  # seeds of one recipe
+    else:
+        arch_params = {"members": len(members), "member_archs": [m.spec.arch for m in members],
+                       "member_params": [dict(m.spec.arch_params) for m in members]}
     spec = replace(
         first.spec,
         arch="centernet-ensemble",
-        arch_params={**first.spec.arch_params, "members": len(members)},
+        arch_params=arch_params,
         name=name or first.spec.name,
         version=version or first.spec.version,
         score_threshold=first.spec.score_threshold if score_threshold is None else float(score_threshold),
@@ -98,7 +113,8 @@ def combine(
         slot.load_state_dict(m.model.state_dict())
     model.eval()
     listed = [{"path": m.path, "checksum": m.checksum, "name": m.spec.name, "version": m.spec.version,
-               "created": m.spec.created} for m in members]
+               "created": m.spec.created, "arch": m.spec.arch, "arch_params": dict(m.spec.arch_params)}
+              for m in members]
     try:
         save_model_dir(out, spec, model, _card(spec, listed), {"ensemble_of": listed})
     except OSError as exc:
@@ -107,20 +123,19 @@ def combine(
 
 
 def _card(spec: ModelSpec, members: list[dict[str, str]]) -> str:
-    rows = "\n".join(f"| {i + 1} | `{m['path']}` | {m['name']} {m['version']} | {m['created']} | `{m['checksum']}` |"
-                     for i, m in enumerate(members))
+    rows = "\n".join(f"| {i + 1} | `{m['path']}` | {m['name']} {m['version']} | `{m['arch']}` {json.dumps(m['arch_params'])} "
+                     f"| {m['created']} | `{m['checksum']}` |" for i, m in enumerate(members))
     return f"""# Model card: {spec.name} v{spec.version}
 
 * **What:** {spec.description}
 * **Classes:** {', '.join(spec.classes)}. **Bands:** {', '.join(spec.bands)} (in this order).
   **Resolution:** about {spec.pixel_size_m:g} m pixels.
-* **Architecture:** `centernet-ensemble`: {len(members)} `centernet` models {json.dumps(
-        {k: v for k, v in spec.arch_params.items() if k != 'members'})}, their centre probabilities,
+* **Architecture:** `centernet-ensemble`: {len(members)} models (below), their centre probabilities,
   box sizes and offsets averaged; made by `sitewatch ensemble` on {spec.created}.
 * **Default score threshold:** {spec.score_threshold:g}.
 
-| member | from | model | created | checksum |
-|---|---|---|---|---|
+| member | from | model | architecture | created | checksum |
+|---|---|---|---|---|---|
 {rows}
 
 Each member's own card says how it was trained. Measure the ensemble with

@@ -16,11 +16,13 @@ heatmap, box size, sub-pixel offset). Why this shape:
 weights (``model.pretrained: imagenet``): a few hundred labelled objects teach a trunk
 little beyond contrast, a pretrained one brings edges, textures and shapes.
 
-``centernet-ensemble``: several CenterNets of one recipe averaged (``sitewatch ensemble``).
+``centernet-ensemble``: several detectors of one output stride averaged (``sitewatch ensemble``):
+seeds of one recipe, or recipes with other encoders.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,8 @@ from sitewatch.imagery.models.efficientnet import EfficientCenterNet
 from sitewatch.imagery.models.heads import CentreHeads
 
 ARCHITECTURES = ("centernet", "centernet-ensemble", "efficient-centernet")
+#: What an ensemble's members may be.
+MEMBER_ARCHITECTURES = ("centernet", "efficient-centernet")
 
 
 def _layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
@@ -102,25 +106,47 @@ class CenterNet(CentreHeads):
 
 
 class CenterNetEnsemble(nn.Module):
-    """Several CenterNets of one shape, trained apart (other seeds), run as one model.
+    """Several centre-heatmap detectors, trained apart, run as one model.
 
     Their centre probabilities are averaged and returned as logits, as one CenterNet
-    returns them; box sizes and offsets are averaged. Members trained from scratch on a
-    few hundred objects disagree mostly on their false alarms, so the average keeps
-    fewer of them (see ``sitewatch.training.ensemble``).
+    returns them; box sizes and offsets are averaged. Members trained on a few hundred
+    objects disagree mostly on their false alarms, so the average keeps fewer of them
+    (see ``sitewatch.training.ensemble``).
+
+    Members are either ``members`` CenterNets of one shape (``**params``, other seeds of one
+    recipe), or one model per entry of ``member_archs`` with its own ``member_params`` (for
+    example a from-scratch ``centernet`` and an ImageNet ``efficient-centernet``); all must
+    have the same output stride.
 
     Args:
-        members: how many CenterNets.
-        **params: the members' :class:`CenterNet` parameters (the same for all).
+        members: how many members.
+        member_archs: each member's architecture (``centernet`` or ``efficient-centernet``);
+            default: all ``centernet`` with ``**params``.
+        member_params: each member's architecture parameters (with ``member_archs``).
+        **params: the members' :class:`CenterNet` parameters (without ``member_archs``).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, members: int = 2, **params: Any) -> None:
+    def __init__(self, in_channels: int, num_classes: int, members: int = 2,
+                 member_archs: list[str] | None = None, member_params: list[dict[str, Any]] | None = None,
+                 **params: Any) -> None:
         super().__init__()
         if members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {members}")
-        self.members = nn.ModuleList(CenterNet(in_channels, num_classes, **params) for _ in range(members))
-        self.stride = self.members[0].stride
-        self.pad_multiple = self.members[0].pad_multiple
+        if member_archs is None:
+            nets = [CenterNet(in_channels, num_classes, **params) for _ in range(members)]
+        else:
+            if params or len(member_archs) != members or len(member_params or []) != members:
+                raise ValueError("member_archs and member_params must list each of the members, without other parameters")
+            if any(a not in MEMBER_ARCHITECTURES for a in member_archs):
+                raise ValueError(f"members must be {' or '.join(MEMBER_ARCHITECTURES)}, got {member_archs}")
+            nets = [build_model(a, in_channels, num_classes, p) for a, p in zip(member_archs, member_params or [],
+                                                                                  strict=True)]
+        strides = {n.stride for n in nets}
+        if len(strides) != 1:
+            raise ValueError(f"members must share one output stride, got {sorted(strides)}")
+        self.members = nn.ModuleList(nets)
+        self.stride = nets[0].stride
+        self.pad_multiple = math.lcm(*(n.pad_multiple for n in nets))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return the members' mean centre probability as logits, mean log box size and mean offset."""
