@@ -143,3 +143,28 @@ def test_detect_runs_an_efficient_centernet_alike_in_onnx_runtime_and_torch(data
         found[runtime] = (d["scores"], d["boxes"])
     assert 0 < len(found["onnx"][0]) == len(found["torch"][0])
     assert torch.allclose(torch.as_tensor(found["onnx"][0]), torch.as_tensor(found["torch"][0]), atol=1e-3)
+
+
+def test_init_from_an_ensemble_starts_from_the_member_the_config_names(tmp_path: Path) -> None:
+    """An ensemble is not trained as one: --init on it takes the member of the config's
+    architecture (weights, spec and the ensemble's checksum), and names the members otherwise."""
+    from test_checkpoint import tiny_model, tiny_spec
+
+    from sitewatch.imagery.models.architectures import build_model
+    from sitewatch.imagery.models.checkpoint import save_checkpoint
+    from sitewatch.training.ensemble import combine
+    from sitewatch.training.init import ensemble_member
+
+    save_checkpoint(tmp_path / "a.pt", tiny_spec(), tiny_model(seed=0))
+    eff_params = {"head_width": 8}
+    save_checkpoint(tmp_path / "b.pt", tiny_spec(arch="efficient-centernet", arch_params=eff_params),
+                    build_model("efficient-centernet", 4, 2, eff_params).eval())
+    ens = combine([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "ens")
+    member = ensemble_member(ens, "ens", "efficient-centernet", eff_params)
+    assert member.spec.arch == "efficient-centernet" and member.checksum == ens.checksum
+    want = load_checkpoint(tmp_path / "b.pt").model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in member.model.state_dict().items())
+    with pytest.raises(UsageError, match=r"none of its members is efficient-centernet \{'head_width': 16\}"):
+        ensemble_member(ens, "ens", "efficient-centernet", {"head_width": 16})
+    single = load_checkpoint(tmp_path / "a.pt")
+    assert ensemble_member(single, "a", "centernet", dict(single.spec.arch_params)) is single

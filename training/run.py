@@ -37,7 +37,7 @@ from sitewatch.imagery.scenes.scene import RASTER_SUFFIXES, Scene, band_name_in,
 from sitewatch.training.chips import Region, build_chips
 from sitewatch.training.config import Config, config_dict
 from sitewatch.training.dataset import Augment, ChipSampler
-from sitewatch.training.init import check_parent, imagenet_init, transfer
+from sitewatch.training.init import check_parent, ensemble_member, imagenet_init, transfer
 from sitewatch.training.labels import (
     LabelOptions,
     LabelSet,
@@ -294,7 +294,7 @@ def _parent(init: str | Path, m: Any) -> LoadedModel:
         ModelError: no such model. CheckpointError: not a usable checkpoint.
         UsageError: another architecture or other bands.
     """
-    parent = load_checkpoint(resolve_model(init))
+    parent = ensemble_member(load_checkpoint(resolve_model(init)), str(init), m.arch, m.arch_params)
     check_parent(parent, str(init), m.arch, m.arch_params, m.bands)
     return parent
 
