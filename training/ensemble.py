@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sitewatch.imagery.errors import ModelError, OutputError, UsageError
 from sitewatch.imagery.models.architectures import MEMBER_ARCHITECTURES, build_model
@@ -122,7 +123,7 @@ def combine(
     return load_checkpoint(out / CHECKPOINT_NAME)
 
 
-def _card(spec: ModelSpec, members: list[dict[str, str]]) -> str:
+def _card(spec: ModelSpec, members: list[dict[str, Any]]) -> str:
     rows = "\n".join(f"| {i + 1} | `{m['path']}` | {m['name']} {m['version']} | `{m['arch']}` {json.dumps(m['arch_params'])} "
                      f"| {m['created']} | `{m['checksum']}` |" for i, m in enumerate(members))
     return f"""# Model card: {spec.name} v{spec.version}
