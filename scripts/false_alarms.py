@@ -9,7 +9,8 @@ pixel at 40° N covers 0.59 of its nominal area):
     python scripts/false_alarms.py --model models/kilns-s2 --out runs/fa \\
         ../shared/data/sen2ships/gdynia ../shared/data/sen2ships/klang
 
-Every detection on such scenes is a false alarm by construction; the run directory keeps
+It also counts the alarms at every 0.05 step above that threshold (run it once at a low
+threshold for the whole curve). Every detection on such scenes is a false alarm by construction; the run directory keeps
 them (``detections.geojson``, the review store) for a look at what fooled the model.
 """
 
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         px_m = ground_pixel_m(sc.affine, sc.crs_wkt, sc.width / 2, sc.height / 2)
         valid = r.stats.valid_fraction if r.stats is not None else 1.0
         km2 = sc.width * sc.height * valid * px_m**2 / 1e6
-        n = int(np.sum(np.asarray(r.detections.get("scores", []), dtype=float) >= threshold))
         scores = np.asarray(r.detections.get("scores", []), dtype=float)
+        n = int(np.sum(scores >= threshold))
         rows.append({"scene": sc.name, "km2": round(km2, 1), "false_alarms": n,
                      "per_100_km2": round(100 * n / km2, 3) if km2 else None,
                      "by_threshold": {f"{t:.2f}": int(np.sum(scores >= t)) for t in _higher(threshold)}})
