@@ -149,17 +149,15 @@ def test_init_from_an_ensemble_starts_from_the_member_the_config_names(tmp_path:
     """An ensemble is not trained as one: --init on it takes the member of the config's
     architecture (weights, spec and the ensemble's checksum), and names the members otherwise."""
     from test_checkpoint import tiny_model, tiny_spec
+    from test_ensemble import _efficient
 
-    from sitewatch.imagery.models.architectures import build_model
     from sitewatch.imagery.models.checkpoint import save_checkpoint
     from sitewatch.training.ensemble import combine
     from sitewatch.training.init import ensemble_member
 
     save_checkpoint(tmp_path / "a.pt", tiny_spec(), tiny_model(seed=0))
     eff_params = {"head_width": 8}
-    save_checkpoint(tmp_path / "b.pt", tiny_spec(arch="efficient-centernet", arch_params=eff_params),
-                    build_model("efficient-centernet", 4, 2, eff_params).eval())
-    ens = combine([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "ens")
+    ens = combine([tmp_path / "a.pt", _efficient(tmp_path / "b.pt", seed=0)], tmp_path / "ens")
     member = ensemble_member(ens, "ens", "efficient-centernet", eff_params)
     assert member.spec.arch == "efficient-centernet" and member.checksum == ens.checksum
     want = load_checkpoint(tmp_path / "b.pt").model.state_dict()
