@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINIMAL = "model:\n  name: m\n  classes: [kiln]\n  bands: [red, green, blue]\n  pixel_size_m: 1\n"
 
 
-@pytest.mark.parametrize("name", ["vessels-sentinel2.yaml", "kilns-sentinel2.yaml", "kilns-highres.yaml"])
+@pytest.mark.parametrize("name", ["vessels-sentinel2.yaml", "kilns-sentinel2.yaml", "kilns-highres.yaml", "kilns-s2-rgb.yaml"])
 def test_presets_validate(name: str) -> None:
     cfg = load_config(CONFIGS / name)
     assert cfg.model.classes
@@ -26,6 +26,37 @@ def test_highres_preset_is_rgb_iou(tmp_path: Path) -> None:
     assert cfg.evaluate.primary == "iou" and cfg.evaluate.iou == 0.3
     assert cfg.train.max_minutes is not None and cfg.train.max_minutes <= 30
 
+
+KILNS_S2 = CONFIGS.parent / "imagery" / "weights" / "kilns-s2"
+SCRATCH = ["model.arch=centernet", "model.pretrained=none",
+           "model.arch_params={widths: [32, 64, 96, 128], blocks: [1, 2, 2, 1], head_width: 32}"]
+
+
+def _recipe(cfg) -> dict:  # type: ignore[no-untyped-def]
+    """What makes a kiln recipe, less the name, version and threshold a release sets."""
+    d = cfg.model_dump()
+    for key in ("name", "version", "description"):
+        d["model"].pop(key)
+    d["evaluate"].pop("score_threshold")
+    d["train"].pop("encoder_lr_scale")  # the from-scratch CenterNet has no encoder to scale
+    return d
+
+
+@pytest.mark.parametrize(("member_config", "overrides"), [("config.yaml", []), ("config-scratch.yaml", SCRATCH)])
+def test_kilns_s2_rgb_preset_is_the_recipe_of_the_shipped_members(member_config: str, overrides: list[str]) -> None:
+    # The preset is the ImageNet member's recipe; with the overrides its comments and the
+    # README give, the from-scratch member's. A preset edited without retraining fails here.
+    preset = load_config(CONFIGS / "kilns-s2-rgb.yaml", [parse_override(o) for o in overrides])
+    member = load_config(KILNS_S2 / member_config)
+    assert _recipe(preset) == _recipe(member)
+    assert preset.model.arch == member.model.arch
+
+
+def test_kilns_s2_rgb_preset_uses_the_imagenet_encoder_at_its_held_out_threshold() -> None:
+    cfg = load_config(CONFIGS / "kilns-s2-rgb.yaml")
+    assert (cfg.model.arch, cfg.model.pretrained) == ("efficient-centernet", "imagenet")
+    assert cfg.train.encoder_lr_scale == 0.3 and cfg.evaluate.score_threshold == 0.4
+    assert cfg.train.max_minutes is not None and cfg.train.max_minutes <= 30
 
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.yaml"
