@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Leave-one-district-out on kilns-s2 (run by hand, ~12 min per fold on 2 cores): train the
+# Leave-one-district-out on kilns-s2 (run by hand, 7-16 min per fold on 2 cores): train the
 # kilns-s2-rgb recipe on one district's tiles, evaluate on the other's (by place: a kiln in
 # two overlapping tiles counts once), both ways; with the ImageNet encoder (INIT=imagenet, the
 # recipe's own) or from scratch (INIT=scratch, the override its comments give). Object-free

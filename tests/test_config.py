@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sitewatch.imagery.errors import UsageError
-from sitewatch.training.config import load_config, parse_override
+from sitewatch.training.config import Config, load_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINIMAL = "model:\n  name: m\n  classes: [kiln]\n  bands: [red, green, blue]\n  pixel_size_m: 1\n"
@@ -32,7 +33,7 @@ SCRATCH = ["model.arch=centernet", "model.pretrained=none",
            "model.arch_params={widths: [32, 64, 96, 128], blocks: [1, 2, 2, 1], head_width: 32}"]
 
 
-def _recipe(cfg) -> dict:  # type: ignore[no-untyped-def]
+def _recipe(cfg: Config) -> dict[str, Any]:
     """What makes a kiln recipe, less the name, version and threshold a release sets."""
     d = cfg.model_dump()
     for key in ("name", "version", "description"):
