@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sitewatch.imagery.errors import UsageError
+from sitewatch.imagery.models.architectures import ensemble_members
 from sitewatch.imagery.models.checkpoint import LoadedModel
 from sitewatch.imagery.models.efficientnet import load_pretrained_encoder
 
@@ -69,15 +70,11 @@ def ensemble_member(parent: LoadedModel, ref: str, arch: str, arch_params: dict[
     spec = parent.spec
     if spec.arch != "centernet-ensemble":
         return parent
-    archs = spec.arch_params.get("member_archs")
-    params = spec.arch_params.get("member_params")
-    if archs is None:  # seeds of one recipe: every member is a centernet of the ensemble's parameters
-        shared = {k: v for k, v in spec.arch_params.items() if k != "members"}
-        archs, params = ["centernet"] * int(spec.arch_params["members"]), [shared] * int(spec.arch_params["members"])
-    for i, (a, ap) in enumerate(zip(archs, params, strict=True)):
-        if a == arch and dict(ap) == dict(arch_params):
-            return replace(parent, spec=replace(spec, arch=a, arch_params=dict(ap)), model=parent.model.members[i])
-    listed = "; ".join(f"{a} {dict(ap)}" for a, ap in zip(archs, params, strict=True))
+    members = ensemble_members(**spec.arch_params)
+    for i, (a, ap) in enumerate(members):
+        if a == arch and ap == dict(arch_params):
+            return replace(parent, spec=replace(spec, arch=a, arch_params=ap), model=parent.model.members[i])
+    listed = "; ".join(f"{a} {ap}" for a, ap in members)
     raise UsageError(f"--init {ref}: it is an ensemble and none of its members is {arch} {dict(arch_params)} "
                      f"(members: {listed}); set model.arch and model.arch_params to one member's to fine-tune it")
 

@@ -105,6 +105,28 @@ class CenterNet(CentreHeads):
         return self.heads(feats)
 
 
+def ensemble_members(members: int = 2, member_archs: list[str] | None = None,
+                     member_params: list[dict[str, Any]] | None = None, **params: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Each member's ``(architecture, parameters)`` from an ensemble's architecture parameters.
+
+    Takes the arguments of :class:`CenterNetEnsemble` (a ``centernet-ensemble`` spec's
+    ``arch_params``): ``members`` CenterNets of ``params``, or ``member_archs`` with their
+    ``member_params``.
+
+    Raises:
+        ValueError: fewer than 2 members, or lists that do not describe each member.
+    """
+    if members < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+    if member_archs is None:
+        return [("centernet", dict(params)) for _ in range(members)]
+    if params or len(member_archs) != members or len(member_params or []) != members:
+        raise ValueError("member_archs and member_params must list each of the members, without other parameters")
+    if any(a not in MEMBER_ARCHITECTURES for a in member_archs):
+        raise ValueError(f"members must be {' or '.join(MEMBER_ARCHITECTURES)}, got {member_archs}")
+    return [(a, dict(p)) for a, p in zip(member_archs, member_params or [], strict=True)]
+
+
 class CenterNetEnsemble(nn.Module):
     """Several centre-heatmap detectors, trained apart, run as one model.
 
@@ -130,17 +152,11 @@ class CenterNetEnsemble(nn.Module):
                  member_archs: list[str] | None = None, member_params: list[dict[str, Any]] | None = None,
                  **params: Any) -> None:
         super().__init__()
-        if members < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        each = ensemble_members(members, member_archs, member_params, **params)
         if member_archs is None:
-            nets = [CenterNet(in_channels, num_classes, **params) for _ in range(members)]
+            nets = [CenterNet(in_channels, num_classes, **p) for _, p in each]
         else:
-            if params or len(member_archs) != members or len(member_params or []) != members:
-                raise ValueError("member_archs and member_params must list each of the members, without other parameters")
-            if any(a not in MEMBER_ARCHITECTURES for a in member_archs):
-                raise ValueError(f"members must be {' or '.join(MEMBER_ARCHITECTURES)}, got {member_archs}")
-            nets = [build_model(a, in_channels, num_classes, p) for a, p in zip(member_archs, member_params or [],
-                                                                                  strict=True)]
+            nets = [build_model(a, in_channels, num_classes, p) for a, p in each]
         strides = {n.stride for n in nets}
         if len(strides) != 1:
             raise ValueError(f"members must share one output stride, got {sorted(strides)}")
