@@ -10,8 +10,9 @@ pixel at 40° N covers 0.59 of its nominal area):
         ../shared/data/sen2ships/gdynia ../shared/data/sen2ships/klang
 
 It also counts the alarms at every 0.05 step above that threshold (run it once at a low
-threshold for the whole curve). Every detection on such scenes is a false alarm by construction; the run directory keeps
-them (``detections.geojson``, the review store) for a look at what fooled the model.
+threshold for the whole curve). Every detection on such scenes is a false alarm by
+construction; the run directory keeps them (``detections.geojson``, the review store) for a
+look at what fooled the model.
 """
 
 from __future__ import annotations

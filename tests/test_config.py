@@ -59,6 +59,7 @@ def test_kilns_s2_rgb_preset_uses_the_imagenet_encoder_at_its_held_out_threshold
     assert cfg.train.encoder_lr_scale == 0.3 and cfg.evaluate.score_threshold == 0.4
     assert cfg.train.max_minutes is not None and cfg.train.max_minutes <= 30
 
+
 def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.yaml"
     p.write_text(text)
