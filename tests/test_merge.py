@@ -114,7 +114,7 @@ SEAM_OBJECTS = [
     box(152, 248, 10, 8),  # on the last row's core boundary
     box(248, 152, 8, 10),  # on the last column's core boundary
     box(248, 248, 6, 6),  # corner of the last row and column cores
-    # Raster edges and corners, including the padded last row/column.
+    # Raster edges and corners, including the last row/column (moved back inside the raster).
     (0.0, 0.0, 9.0, 7.0),
     (291.0, 0.0, 300.0, 12.0),
     (0.0, 250.0, 14.0, 260.0),
@@ -149,9 +149,10 @@ def test_objects_on_seams_come_out_once_with_their_whole_box() -> None:
 
     parts, sightings = detect_scene(scene, grid, objects, labels, scores)
     # The case is a real seam test: most objects are seen (whole or cut) by several tiles,
-    # and objects on four-tile corners by four.
+    # objects on four-tile corners by four, and by six in the wider overlap of the last row
+    # (moved back to end at the raster's edge) where it meets a column seam.
     assert (sightings >= 2).sum() >= len(objects) - 4
-    assert sightings.max() == 4
+    assert sightings.max() == 6
     # Ownership alone already keeps one copy of each (suppression is only the safety net).
     assert sum(len(p["scores"]) for p in parts) == len(objects)
 
