@@ -382,9 +382,11 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
 @click.option("--name", default=None, help="Name of the ensemble [default: the first model's].")
 @click.option("--version", "version_", default=None, help="Version of the ensemble [default: the first model's].")
 @click.option("--score-threshold", type=float, default=None, help="Default threshold [default: the first model's].")
+@click.option("--tta/--no-tta", default=None,
+              help="Average the heatmap over flipped tiles by default in detect (3x compute) [default: the first model's].")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 def ensemble(models: tuple[str, ...], out: Path, name: str | None, version_: str | None, score_threshold: float | None,
-             overwrite: bool) -> None:
+             tta: bool | None, overwrite: bool) -> None:
     """Combine models trained apart into one: seeds of one recipe (--set train.seed=N), or
     recipes with other encoders (a from-scratch centernet and an efficient-centernet).
 
@@ -398,7 +400,8 @@ def ensemble(models: tuple[str, ...], out: Path, name: str | None, version_: str
     """
     from sitewatch.training.ensemble import combine
 
-    lm = combine(list(models), out, name=name, version=version_, score_threshold=score_threshold, overwrite=overwrite)
+    lm = combine(list(models), out, name=name, version=version_, score_threshold=score_threshold, tta=tta,
+                 overwrite=overwrite)
     click.echo(f"{out}: {lm.spec.name} v{lm.spec.version}, an ensemble of {len(models)} models ({lm.checksum})")
 
 

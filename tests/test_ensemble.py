@@ -111,12 +111,15 @@ def test_models_that_do_not_fit_together_are_refused(tmp_path: Path, members: li
 
 
 def test_the_command_writes_a_model_detect_can_use(tmp_path: Path, members: list[Path]) -> None:
-    r = subprocess.run([*SITEWATCH, "ensemble", *map(str, members[:2]), "--out", str(tmp_path / "ens")],
+    r = subprocess.run([*SITEWATCH, "ensemble", *map(str, members[:2]), "--out", str(tmp_path / "ens"), "--tta"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "an ensemble of 2 models" in r.stdout
     lm = load_checkpoint(tmp_path / "ens" / "model.pt")
     assert lm.spec == replace(lm.spec, arch="centernet-ensemble")
+    # --tta makes flip averaging the ensemble's default in detect (its members' was off), and the card says so.
+    assert lm.spec.tta and not load_checkpoint(members[0] / "model.pt").spec.tta
+    assert "Flip averaging (`--tta`) by default:**\n  yes" in (tmp_path / "ens" / "model_card.md").read_text()
     bad = subprocess.run([*SITEWATCH, "ensemble", str(members[0]), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "at least two models" in bad.stderr

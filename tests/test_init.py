@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -141,8 +142,15 @@ def test_detect_runs_an_efficient_centernet_alike_in_onnx_runtime_and_torch(data
         s = detect([scene], out, tmp_path / runtime, DetectSettings(workers=1, runtime=runtime, score_threshold=0.005))
         d = s.results[0].detections
         found[runtime] = (d["scores"], d["boxes"])
-    assert 0 < len(found["onnx"][0]) == len(found["torch"][0])
-    assert torch.allclose(torch.as_tensor(found["onnx"][0]), torch.as_tensor(found["torch"][0]), atol=1e-3)
+    # A model trained one epoch scores ~700 peaks at about 0.01, so the runtimes' ~1e-6 differences
+    # can make or break a peak or a suppression tie: all but 1% must be the same detection
+    # (centre within a pixel, score within 1e-3) in both.
+    (s_onnx, b_onnx), (s_torch, b_torch) = found["onnx"], found["torch"]
+    assert len(s_onnx) > 100 and abs(len(s_onnx) - len(s_torch)) <= 0.01 * len(s_torch)
+    c_onnx, c_torch = (b_onnx[:, :2] + b_onnx[:, 2:]) / 2, (b_torch[:, :2] + b_torch[:, 2:]) / 2
+    dist = np.hypot(*(c_onnx[:, None, :] - c_torch[None, :, :]).transpose(2, 0, 1))
+    same = (dist <= 1.0) & (np.abs(s_onnx[:, None] - s_torch[None, :]) <= 1e-3)
+    assert same.any(axis=1).mean() >= 0.99 and same.any(axis=0).mean() >= 0.99
 
 
 def test_init_from_an_ensemble_starts_from_the_member_the_config_names(tmp_path: Path) -> None:

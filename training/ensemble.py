@@ -44,6 +44,7 @@ def combine(
     name: str | None = None,
     version: str | None = None,
     score_threshold: float | None = None,
+    tta: bool | None = None,
     overwrite: bool = False,
 ) -> LoadedModel:
     """Write a model directory ``out`` holding one ``centernet-ensemble`` of ``models``.
@@ -56,6 +57,8 @@ def combine(
         out: the model directory to write (``model.pt``, ``model_card.md``, ``metrics.json``).
         name, version: of the ensemble (default: the first member's).
         score_threshold: the ensemble's default threshold (default: the first member's).
+        tta: whether ``detect`` averages the heatmap over flipped tiles by default (default: the
+            first member's).
         overwrite: replace a model already in ``out``.
 
     Returns:
@@ -106,6 +109,7 @@ def combine(
         name=name or first.spec.name,
         version=version or first.spec.version,
         score_threshold=first.spec.score_threshold if score_threshold is None else float(score_threshold),
+        tta=first.spec.tta if tta is None else bool(tta),
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         description=f"{first.spec.description} (ensemble of {len(members)} models)".strip(),
     )
@@ -133,7 +137,8 @@ def _card(spec: ModelSpec, members: list[dict[str, Any]]) -> str:
   **Resolution:** about {spec.pixel_size_m:g} m pixels.
 * **Architecture:** `centernet-ensemble`: {len(members)} models (below), their centre probabilities,
   box sizes and offsets averaged; made by `sitewatch ensemble` on {spec.created}.
-* **Default score threshold:** {spec.score_threshold:g}.
+* **Default score threshold:** {spec.score_threshold:g}. **Flip averaging (`--tta`) by default:**
+  {'yes' if spec.tta else 'no'}.
 
 | member | from | model | architecture | created | checksum |
 |---|---|---|---|---|---|
