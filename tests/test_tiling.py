@@ -207,3 +207,35 @@ def test_known_grid() -> None:
     # A raster smaller than a tile: one tile, padded past the edge by the reader.
     small = TileGrid(128, 100, 256, 48)
     assert small.tiles()[0].clipped(128, 100) == (0, 0, 128, 100)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size", "overlap"),
+    [
+        (100, 100, 64, 64),  # overlap == size
+        (100, 100, 64, 100),  # overlap > size
+        (100, 100, 64, -1),  # negative overlap
+        (0, 100, 64, 16),  # zero width
+        (100, 0, 64, 16),  # zero height
+        (-5, 100, 64, 16),  # negative width
+        (100, 100, 7, 0),  # tile smaller than the minimum
+        (100, 100, 64.0, 16),  # not an integer
+        (100, 100, True, 0),  # bool is not a size
+    ],
+)
+def test_invalid_grids_raise_usage_error(width: int, height: int, size: int, overlap: int) -> None:
+    with pytest.raises(UsageError) as info:
+        TileGrid(width, height, size, overlap)
+    # Catchable as the built-in too, as rasterio's errors are.
+    assert isinstance(info.value, ValueError)
+
+
+def test_blocks_of_fewer_than_one_tile_raise_usage_error() -> None:
+    with pytest.raises(UsageError, match="at least 1"):
+        TileGrid(100, 100, 64, 16).blocks(0)
+
+
+def test_numpy_integers_are_accepted() -> None:
+    # Raster sizes often arrive as numpy integers (rasterio, array shapes).
+    grid = TileGrid(np.int64(100), np.int32(90), 64, 16)
+    assert grid.shape == (2, 2)
