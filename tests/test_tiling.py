@@ -57,7 +57,6 @@ def _axis_cores(grid: TileGrid, tiles: tuple[Tile, ...]) -> tuple[list[tuple[int
 
 def _check_axis(offsets: tuple[int, ...], length: int, size: int, overlap: int) -> None:
     """The 1-D facts every axis of a grid must satisfy."""
-    stride = size - overlap
     assert offsets[0] == 0
     # Every tile starts inside the raster, each after the one before.
     assert all(0 <= o < length for o in offsets)

@@ -33,7 +33,7 @@ def axis_offsets(length: int, size: int, overlap: int) -> tuple[int, ...]:
 
 def _core_starts(offsets: tuple[int, ...], size: int) -> tuple[int, ...]:
     """Where each tile's core starts along one axis: the middle of its overlap with the tile before."""
-    return (0,) + tuple((prev + o + size) // 2 for prev, o in zip(offsets, offsets[1:]))
+    return (0,) + tuple((prev + o + size) // 2 for prev, o in zip(offsets, offsets[1:], strict=False))
 
 
 @dataclass(frozen=True, slots=True)
