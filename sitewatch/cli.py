@@ -97,7 +97,7 @@ def cli() -> None:
                    "or the address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--recursive", "-r", is_flag=True, help="Walk directories of scenes (and ** globs) into subdirectories.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first scene that fails (finished work is kept for a re-run).")
-@click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3x slower) [default: the model's].")
+@click.option("--tta/--no-tta", default=None, help="Average the heatmap over flipped tiles (3 forward passes per tile) [default: the model's].")
 @click.option("--nodata", type=float, default=None, metavar="VALUE",
               help="No-data value of scene files that carry none (0 for Sentinel-2 L2A downloads without it); "
                    "files that carry one keep theirs.")
@@ -383,7 +383,7 @@ def train(more_images: tuple[str, ...], config: Path, images: tuple[str, ...], l
 @click.option("--version", "version_", default=None, help="Version of the ensemble [default: the first model's].")
 @click.option("--score-threshold", type=float, default=None, help="Default threshold [default: the first model's].")
 @click.option("--tta/--no-tta", default=None,
-              help="Average the heatmap over flipped tiles by default in detect (3x compute) [default: the first model's].")
+              help="Average the heatmap over flipped tiles by default in detect (3 forward passes per tile) [default: the first model's].")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 def ensemble(models: tuple[str, ...], out: Path, name: str | None, version_: str | None, score_threshold: float | None,
              tta: bool | None, overwrite: bool) -> None:

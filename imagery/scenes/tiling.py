@@ -5,7 +5,7 @@ and the last one is moved back to end at the raster's edge (it then overlaps its
 by more than ``overlap``): a model sees real pixels right up to the edge, not padding, which
 made objects cut by a scene's edge look like something else (a beach cut by a scene's edge
 scored 0.76 as a kiln with the padded tile, 0.25 inside). Only a raster smaller than one
-tile is padded by the reader (edge tiles are padded, never dropped). Each tile also owns a
+tile is padded by the reader (no tile is ever dropped). Each tile also owns a
 *core*: the half-open pixel ranges that split every overlap at its midpoint. The cores
 partition the raster exactly, so keeping a detection only in the tile whose core holds its
 centre reports each object once.
