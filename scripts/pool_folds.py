@@ -10,6 +10,9 @@ model's threshold is chosen (the best pooled F1), never on its own training data
 
 ``--places`` pools by place (a kiln seen in two overlapping tiles counts once; the
 ``places`` section of metrics.json) instead of per scene. ``--json`` also writes the table.
+``--each-best`` also pools every file at the threshold best for that file alone: with one
+evaluation per port, the most that calibrating each port's scores could give (a ceiling,
+chosen on the very labels it is scored on; never a figure to ship).
 """
 
 from __future__ import annotations
@@ -46,12 +49,22 @@ def pool(folds: list[dict[str, dict[str, int]]]) -> list[dict[str, float]]:
     return rows
 
 
+def each_best(folds: list[dict[str, dict[str, int]]]) -> dict[str, float]:
+    """Sum of each fold's counts at its own best-F1 threshold; precision, recall and F1 of the sums."""
+    def f1(c: dict[str, int]) -> float:
+        return 2 * c["tp"] / (2 * c["tp"] + c["fp"] + c["fn"]) if c["tp"] else 0.0
+    picks = [max(f.values(), key=f1) for f in folds]
+    return pool([{"0": c} for c in picks])[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("metrics", nargs="+", type=Path, help="each fold's metrics.json from sitewatch evaluate")
     ap.add_argument("--places", action="store_true", help="pool by place (overlapping tiles count a kiln once)")
     ap.add_argument("--class", dest="cls", default=None, help="class of --places (default: the first)")
     ap.add_argument("--json", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--each-best", action="store_true",
+                    help="also pool each file at its own best threshold (a ceiling, not a figure to ship)")
     args = ap.parse_args(argv)
     folds = []
     for path in args.metrics:
@@ -72,9 +85,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}")
     best = max(rows, key=lambda r: (r["f1"], r["threshold"]))
     print(f"best pooled F1 {best['f1']:.3f} at {best['threshold']:.2f} (P {best['precision']:.3f}, R {best['recall']:.3f})")
+    ceiling = each_best(folds) if args.each_best else None
+    if ceiling is not None:
+        print(f"each file at its own best threshold: F1 {ceiling['f1']:.3f} (P {ceiling['precision']:.3f}, "
+              f"R {ceiling['recall']:.3f}; tp {ceiling['tp']}, fp {ceiling['fp']}, fn {ceiling['fn']})")
     if args.json:
-        args.json.write_text(json.dumps({"folds": [str(p) for p in args.metrics], "rows": rows, "best": best},
-                                        indent=1) + "\n")
+        table = {"folds": [str(p) for p in args.metrics], "rows": rows, "best": best}
+        if ceiling is not None:
+            table["each_best"] = ceiling
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
     return 0
 
 

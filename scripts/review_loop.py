@@ -6,7 +6,8 @@
    who knows the labels would: confirm a site whose centre lies within --match-m of a
    labelled ship, reject the others;
 4. `sitewatch export --status confirmed --status rejected` the decisions;
-5. `sitewatch train --init MODEL` on the export alone (the model's own config, fewer epochs);
+5. `sitewatch train --init MODEL` on the export (the model's own config, one epoch at lr 0.0001),
+   alone or with the parent's training scenes and labels (--mix-images, --mix-labels);
 6. `sitewatch evaluate` the fine-tuned model on the other ports (after).
 
     python scripts/review_loop.py --model folds/A/model --port ../shared/data/sen2ships/algiers \\
@@ -32,6 +33,9 @@ from sitewatch.imagery.models.spec import read_spec
 from sitewatch.imagery.scenes.georef import ground_pixel_m
 from sitewatch.imagery.scenes.scene import open_scene
 from sitewatch.training.labels import LabelOptions, read_labels
+
+#: The fine-tune's overrides unless --set gives others: short and gentle (see the README's table).
+DEFAULT_SETS = ["train.epochs=1", "train.lr=0.0001"]
 
 
 def sitewatch(*args: str) -> None:
@@ -75,7 +79,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--match-m", type=float, default=30.0)
     ap.add_argument("--set", dest="sets", action="append", default=None,
-                    help="fine-tune overrides of the model's config, repeatable (default: train.epochs=6, train.lr=0.0003)")
+                    help="fine-tune overrides of the model's config, repeatable (default: train.epochs=1, train.lr=0.0001)")
+    ap.add_argument("--mix-images", nargs="+", default=[], metavar="SCENE",
+                    help="the parent's training scenes, to fine-tune on together with the reviews")
+    ap.add_argument("--mix-labels", nargs="+", type=Path, default=[], metavar="FILE",
+                    help="the labels of --mix-images")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     spec = read_spec(args.model / "model.pt")
@@ -87,13 +95,16 @@ def main() -> None:
     sitewatch("export", str(args.out / "detect"), "--status", "confirmed", "--status", "rejected", "--out", str(export),
               "--overwrite")
     t0 = time.monotonic()
-    sets = [a for s in (args.sets or ["train.epochs=6", "train.lr=0.0003"]) for a in ("--set", s)]
-    sitewatch("train", "--init", str(args.model), "--images", args.port,
-              "--labels", str(export), "--out", str(args.out / "finetuned"), "--overwrite", *sets)
+    sets = [a for s in (args.sets or DEFAULT_SETS) for a in ("--set", s)]
+    mix = [a for f in args.mix_labels for a in ("--labels", str(f))]
+    sitewatch("train", "--init", str(args.model), "--images", args.port, *args.mix_images,
+              "--labels", str(export), *mix, *(["--skip-bad-labels"] if args.mix_images else []),
+              "--out", str(args.out / "finetuned"), "--overwrite", *sets)
     minutes = (time.monotonic() - t0) / 60
     after = evaluate(args.out / "finetuned", args.labels, args.others, args.out / "eval-after")
     result = {"reviews": counts, "finetune_minutes": round(minutes, 1), "before": before, "after": after,
-              "port": args.port, "others": args.others}
+              "port": args.port, "others": args.others, "sets": args.sets or DEFAULT_SETS,
+              "mix_images": args.mix_images}
     (args.out / "loop.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"reviews: {counts['confirmed']} confirmed, {counts['rejected']} rejected; fine-tune {minutes:.1f} min")
     print(f"F1 at 30 m on {', '.join(Path(p).name for p in args.others)}: before {before['f1']:.3f} "
