@@ -7,9 +7,7 @@ as a second label file, turn them into true positives again.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,7 @@ from PIL import Image
 
 from sitewatch.cli import main
 from sitewatch.imagery.models.registry import shipped_models
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "audit_sheets.py"
-
-
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("audit_sheets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["audit_sheets"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.scriptload import load_script
 
 
 def _evaluate(demo: Path, labels: list[Path], out: Path) -> dict:  # type: ignore[type-arg]
@@ -41,7 +30,7 @@ def _evaluate(demo: Path, labels: list[Path], out: Path) -> dict:  # type: ignor
 @pytest.mark.skipif("demo" not in shipped_models(), reason="demo model not built")
 def test_audit_pictures_candidates_and_its_vessels_become_labels(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    audit = _script()
+    audit = load_script("audit_sheets")
     demo = tmp_path / "demo"
     main(["demo", "--out", str(demo), "--workers", "2"])
     # the published labels leave out every other vessel (kilns are left as they are)

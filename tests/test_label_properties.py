@@ -7,11 +7,8 @@ from the same inputs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,23 +24,14 @@ from sitewatch.imagery.scenes.georef import pixel_to_map, to_lonlat
 from sitewatch.imagery.scenes.scene import Scene, open_scene
 from sitewatch.training.config import load_config, parse_override
 from sitewatch.training.labels import LabelError, LabelOptions, read_labels
+from tests.scriptload import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 BANDS = ("B02", "B03", "B04", "B08")
 CLASSES = ("vessel", "kiln")
 SWAPPED = "coordinates look like lat, lon; GeoJSON is lon, lat"
 
 
-def _load_fuzz_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_parsers", ROOT / "scripts" / "fuzz_parsers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it is executed
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz_script()
+fuzz = load_script("fuzz_parsers")
 
 #: name -> (CRS, geotransform) of the 64 x 64 scenes the labels are drawn on.
 GRIDS = {

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pool_folds.py"
-
-
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("pool_folds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["pool_folds"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from tests.scriptload import load_script
 
 
 def _metrics(path: Path, table: dict[str, tuple[int, int, int]]) -> Path:
@@ -27,7 +17,7 @@ def _metrics(path: Path, table: dict[str, tuple[int, int, int]]) -> Path:
 
 
 def test_pooled_and_each_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pool_folds = _script()
+    pool_folds = load_script("pool_folds")
     # port a is best at 0.3 (F1 0.8), port b at 0.7 (F1 0.8); pooled, 0.5 is best (F1 0.70)
     a = _metrics(tmp_path / "a.json", {"0.30": (8, 2, 2), "0.50": (6, 2, 4), "0.70": (2, 0, 8)})
     b = _metrics(tmp_path / "b.json", {"0.30": (10, 30, 0), "0.50": (9, 6, 1), "0.70": (8, 2, 2)})
