@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sitewatch.imagery.errors import SitewatchError
 from sitewatch.imagery.scenes.georef import from_lonlat, map_to_pixel
 from sitewatch.imagery.scenes.scene import Scene, SceneReader, open_scene
 
@@ -166,8 +167,8 @@ def added_labels(decided: Path, out: Path) -> int:
     features = json.loads(decided.read_text())["features"]
     undecided = [f["properties"].get("candidate") for f in features if f["properties"].get("decision") is None]
     if undecided:
-        raise SystemExit(f"audit_sheets: {decided}: {len(undecided)} candidates have no decision yet "
-                         f"(first: {undecided[0]}); decide each as vessel, unsure or not_vessel")
+        raise ValueError(f"{len(undecided)} candidates have no decision yet (first: {undecided[0]}); "
+                         "decide each as vessel, unsure or not_vessel")
     vessels = [{**f, "properties": {**f["properties"], "class": "vessel"}}
                for f in features if f["properties"]["decision"] == "vessel"]
     out.write_text(json.dumps({"type": "FeatureCollection", "features": vessels}, indent=1))
@@ -183,8 +184,11 @@ def main() -> int:
     if args.added is not None:
         try:
             print(f"{added_labels(args.added, args.out)} vessels written to {args.out}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"audit_sheets: {args.added}: cannot read its decisions ({exc}); give the candidates.geojson "
+        except ValueError as exc:  # undecided candidates, or not JSON
+            print(f"audit_sheets: {args.added}: {exc}", file=sys.stderr)
+            return 2
+        except (OSError, KeyError, TypeError) as exc:
+            print(f"audit_sheets: {args.added}: cannot read its decisions ({exc!r}); give the candidates.geojson "
                   "this script wrote, each with a decision", file=sys.stderr)
             return 2
         return 0
@@ -196,7 +200,11 @@ def main() -> int:
         if missing:
             print(f"audit_sheets: {ev}: not a `sitewatch evaluate` output directory (no {missing[0]})", file=sys.stderr)
             return 2
-    n, panels = make_sheets(args.evals, args.out)
+    try:
+        n, panels = make_sheets(args.evals, args.out)
+    except SitewatchError as exc:  # a scene that is gone, or has no B04, B03, B02
+        print(f"audit_sheets: {exc}", file=sys.stderr)
+        return 2
     print(f"{n} candidates on {-(-n // PER_SHEET)} sheets and {panels} open-water panels in {args.out}")
     return 0
 

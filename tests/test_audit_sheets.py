@@ -28,8 +28,8 @@ def _evaluate(demo: Path, labels: list[Path], out: Path) -> dict:  # type: ignor
 
 
 @pytest.mark.skipif("demo" not in shipped_models(), reason="demo model not built")
-def test_audit_pictures_candidates_and_its_vessels_become_labels(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_pictures_candidates_and_its_vessels_become_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     audit = load_script("audit_sheets")
     demo = tmp_path / "demo"
     main(["demo", "--out", str(demo), "--workers", "2"])
@@ -57,9 +57,18 @@ def test_audit_pictures_candidates_and_its_vessels_become_labels(tmp_path: Path,
 
     # an undecided candidate is refused in one line, and nothing is written
     added = tmp_path / "added.geojson"
-    with pytest.raises(SystemExit, match="have no decision yet"):
-        audit.added_labels(pictures / "candidates.geojson", added)
+    capsys.readouterr()
+    sys_argv = ["audit_sheets.py", "--added", str(pictures / "candidates.geojson"), "--out", str(added)]
+    monkeypatch.setattr("sys.argv", sys_argv)
+    assert audit.main() == 2
+    err = capsys.readouterr().err
+    assert "have no decision yet" in err and len(err.strip().splitlines()) == 1, err
     assert not added.exists()
+    # a directory that is not an evaluation's is named in one line
+    monkeypatch.setattr("sys.argv", ["audit_sheets.py", str(demo), "--out", str(tmp_path / "more")])
+    assert audit.main() == 2
+    err = capsys.readouterr().err
+    assert str(demo) in err and "not a `sitewatch evaluate` output directory" in err and len(err.splitlines()) == 1
 
     # the auditor calls every candidate a vessel: each left-out vessel is found again
     for f in candidates:
