@@ -143,13 +143,13 @@ def make_sheets(evals: list[Path], out: Path) -> tuple[int, int]:
             mine = sorted((f for f in fps if f["properties"]["scene"] == scene.name),
                           key=lambda f: -f["properties"]["score"])
             if mine:
-                xy = _pixels(scene, np.array([_centre(f) for f in mine]))
-                for f, (col, row) in zip(mine, xy, strict=True):
-                    k, (lon, lat) = len(features), _centre(f)
-                    score = float(f["properties"]["score"])
+                lonlat = np.array([_centre(f) for f in mine])
+                xy = _pixels(scene, lonlat)
+                for f, (lon, lat), (col, row) in zip(mine, lonlat, xy, strict=True):
+                    k, score = len(features), float(f["properties"]["score"])
                     chips.append((f"{k} {scene.name[:4]} {score:.2f}", _chip(image, col, row)))
                     features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [
-                        round(lon, 7), round(lat, 7)]}, "properties": {
+                        round(float(lon), 7), round(float(lat), 7)]}, "properties": {
                         "candidate": k, "scene": scene.name, "score": round(score, 3), "decision": None}})
             shown = [f for f in dets if f["properties"]["scene"] == scene.name and f["properties"]["score"] >= threshold]
             missed = [f for f in fns if f["properties"].get("scene") == scene.name]
